@@ -1,0 +1,110 @@
+//! Providers: the upstream side of a session.
+//!
+//! A provider is reached through a [`ProviderActor`] (one per upstream connection) that owns
+//! the socket, and speaks through a sans-IO [`ProviderAdapter`] that
+//! turns [`ProviderCommand`]s into wire frames and wire frames into [`ProviderEvent`]s. A new
+//! provider is one adapter file plus its golden tests.
+//!
+//! What callers (the session) must keep: audio goes in as 20 ms mono PCM16 frames at the
+//! provider's [`ProviderSpec::sample_rate`]; audio comes back as PCM16 at that same rate, in
+//! chunks of any length (the session frames them).
+//!
+//! # Layout
+//!
+//! - [`adapter`]: the [`ProviderAdapter`] trait (sans-IO hooks, when each is called), the
+//!   frames and output it works with, and [`ProviderError`];
+//! - [`actor`]: [`ProviderActor`] and its messages ([`ProviderInput`] in, [`ProviderOutput`]
+//!   out), the connect/close timeouts and the bounded queues;
+//! - [`echo`]: the built-in echo, an in-process adapter;
+//! - [`ws_pcm`]: a self-hosted model speaking PCM16 over a WebSocket, and voxroute's
+//!   convention for such servers.
+
+pub mod actor;
+pub mod adapter;
+pub mod echo;
+pub mod ws_pcm;
+
+pub use actor::{GetProviderStats, ProviderActor, ProviderInput, ProviderOutput, ProviderStats};
+pub use adapter::{AdapterOutput, Endpoint, ProviderAdapter, ProviderError, WsFrame, WsFrameRef};
+
+use voxroute_codecs::SampleRate;
+
+/// The adapter for a built-in provider kind, fresh for one connection.
+pub fn adapter_for(spec: &ProviderSpec) -> Box<dyn ProviderAdapter> {
+    match &spec.kind {
+        ProviderKind::Echo => Box::new(echo::EchoAdapter::new()),
+        ProviderKind::WsPcm { url } => {
+            Box::new(ws_pcm::WsPcmAdapter::new(url.clone(), spec.sample_rate))
+        }
+    }
+}
+
+/// What a session asks of its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderCommand {
+    /// One 20 ms frame of caller audio, mono PCM16 at the provider's rate.
+    Audio(Vec<i16>),
+    /// The caller pressed a key (telephony DTMF: `0`–`9`, `*`, `#`, `A`–`D`); providers
+    /// whose protocol has a place for it forward it, the others ignore it.
+    Dtmf {
+        /// The key.
+        digit: char,
+    },
+    /// The caller stopped (or hung up): flush anything pending, then close politely.
+    Finish,
+}
+
+/// What a provider tells its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderEvent {
+    /// The upstream connection is up and configured; audio may flow.
+    Ready,
+    /// Audio for the caller: mono PCM16 at the provider's rate, any length.
+    Audio(Vec<i16>),
+    /// Text the provider recognised or produced.
+    Transcript {
+        /// The text.
+        text: String,
+        /// Whether the provider will not revise it.
+        is_final: bool,
+    },
+    /// The provider heard the caller start speaking: drop queued outbound audio (barge-in).
+    SpeechStarted,
+    /// The provider reported an error; `fatal` errors end (or fail over) the session.
+    Error {
+        /// What the provider said, for the caller's `error` event and the logs.
+        message: String,
+        /// Whether the connection cannot continue.
+        fatal: bool,
+    },
+    /// The upstream connection closed.
+    Closed {
+        /// Whether it closed because of a failure (as opposed to the conversation ending).
+        error: bool,
+    },
+}
+
+/// Which provider, at which rate: what a session needs to know before connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSpec {
+    /// The provider's name as routes and records use it (`echo`, `ws-pcm`, ...).
+    pub name: String,
+    /// The rate of the PCM16 the provider takes and gives.
+    pub sample_rate: SampleRate,
+    /// How to reach it.
+    pub kind: ProviderKind,
+}
+
+/// The built-in provider kinds of this release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// Sends every caller frame straight back, through the session's whole codec chain.
+    Echo,
+    /// A self-hosted model: PCM16 little-endian binary WebSocket frames both ways.
+    WsPcm {
+        /// `ws://` or `wss://` URL of the model.
+        url: String,
+    },
+}

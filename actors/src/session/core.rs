@@ -1,0 +1,665 @@
+//! [`SessionCore`]: see the [module documentation](super).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+use voxroute_codecs::opus::OpusEncoderConfig;
+use voxroute_codecs::{AudioFormat, EgressChain, FrameAssembler, IngressChain};
+
+use crate::close_reason::SessionCloseReason;
+use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
+use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
+use crate::protocol::{ProtocolError, RouteTarget};
+use crate::provider::{ProviderCommand, ProviderEvent, ProviderSpec};
+
+/// How long a caller may take to send its `start` after the socket opens.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`SessionConfig::idle_timeout`].
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Bad frames in a row after which the caller is treated as broken (a flood of garbage) and
+/// the session ends with [`SessionCloseReason::ClientError`].
+pub const MAX_CONSECUTIVE_BAD_FRAMES: u32 = 50;
+
+/// Caller payloads held while the key is checked (Twilio sends media right behind `start`):
+/// 25 payloads is 500 ms of 20 ms frames. More are dropped and counted.
+const MAX_PENDING_PAYLOADS: usize = 25;
+
+/// Native `error` events sent per session for bad frames; later ones are only counted, so a
+/// flood of garbage does not become a flood of replies.
+const MAX_ERROR_EVENTS: u32 = 10;
+
+/// Outbound audio between two Twilio marks, in 20 ms frames: a mark after every provider
+/// chunk would triple the messages when a provider sends 20 ms chunks.
+const FRAMES_PER_MARK: u64 = 10;
+
+/// Provider audio held for framing, in milliseconds at the provider's rate. Chunks longer than
+/// this are framed in pieces, so this bounds memory, not chunk size.
+const PROVIDER_AUDIO_QUEUE_MS: u32 = 200;
+
+/// Settings of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// End the session when the caller sends no audio for this long.
+    pub idle_timeout: Duration,
+    /// Opus encoder settings for callers that speak Opus.
+    pub opus: OpusEncoderConfig,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            opus: OpusEncoderConfig::default(),
+        }
+    }
+}
+
+/// Which caller protocol the socket speaks, fixed by the endpoint it came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// Twilio Media Streams (`/v1/telephony/twilio`).
+    Twilio,
+    /// voxroute's native protocol (`/v1/ws`).
+    Native,
+}
+
+/// Something that happened, for [`SessionCore::handle_input`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A text frame from the caller.
+    ClientText(&'a str),
+    /// A binary frame from the caller.
+    ClientBinary(&'a [u8]),
+    /// The caller's socket closed.
+    ClientClosed,
+    /// The driver checked the key and the supervisor admitted the session.
+    Admitted(Admission),
+    /// The driver or the supervisor refused the session.
+    Refused {
+        /// Recorded as the close reason.
+        reason: SessionCloseReason,
+        /// For the caller (native `error` event); must hold no secret.
+        message: &'static str,
+    },
+    /// The provider said something.
+    Provider(ProviderEvent),
+    /// End now (shutdown, admin kill).
+    End(SessionCloseReason),
+    /// The instant of the last [`Output::Timeout`] has come.
+    Timeout,
+}
+
+/// What the driver decided on [`Output::Authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The session's id (its record's id).
+    pub session_id: Uuid,
+    /// The provider to connect to.
+    pub provider: ProviderSpec,
+}
+
+/// What the caller presented, for the driver to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    /// The key from inside the protocol (Twilio custom parameter, native `start`), if any.
+    /// The driver may also hold one from the HTTP upgrade.
+    pub api_key: Option<String>,
+    /// The provider or route asked for.
+    pub target: RouteTarget,
+    /// The caller's audio format.
+    pub format: AudioFormat,
+}
+
+/// What the core asks the driver to do, from [`SessionCore::poll_output`].
+#[derive(Debug)]
+pub enum Output {
+    /// Send this text frame to the caller.
+    ToClientText(String),
+    /// Send this binary frame to the caller.
+    ToClientBinary(Vec<u8>),
+    /// Check the caller's key and admit the session; answer with [`Input::Admitted`] or
+    /// [`Input::Refused`].
+    Authorize(AuthorizeRequest),
+    /// Connect to this provider; its events come back as [`Input::Provider`].
+    StartProvider(ProviderSpec),
+    /// Send this to the provider.
+    ToProvider(ProviderCommand),
+    /// Close the caller's socket and stop the provider; the session is over. `outcome` is
+    /// what its record needs.
+    Close(SessionOutcome),
+    /// Nothing more to do until this instant (or the next input).
+    Timeout(Instant),
+}
+
+/// How a session went: the fields its record is completed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOutcome {
+    /// Why it ended.
+    pub reason: SessionCloseReason,
+    /// The session id, if it was admitted.
+    pub session_id: Option<Uuid>,
+    /// Wall time from accept to end, in milliseconds.
+    pub duration_ms: i64,
+    /// The provider last used (empty if none was).
+    pub provider: String,
+    /// Every provider tried, in order.
+    pub providers_tried: Vec<String>,
+    /// Caller audio forwarded to providers, in milliseconds.
+    pub audio_in_ms: i64,
+    /// Provider audio sent to the caller, in milliseconds.
+    pub audio_out_ms: i64,
+    /// From the first caller audio forwarded to the first provider audio, in milliseconds.
+    pub first_response_ms: Option<i64>,
+    /// Caller frames refused as bad input (skipped).
+    pub bad_frames: u64,
+    /// Caller payloads dropped because they came too early or too fast to hold.
+    pub dropped_payloads: u64,
+}
+
+enum Protocol {
+    Twilio(TwilioCodec),
+    Native(NativeCodec),
+}
+
+/// The live part of a session: exists from admission to the end, and is dropped (with every
+/// audio buffer in it) when the session ends.
+struct Live {
+    session_id: Uuid,
+    provider: ProviderSpec,
+    ingress: IngressChain,
+    egress: EgressChain,
+    /// Provider audio waiting to fill a 20 ms frame.
+    provider_audio: FrameAssembler,
+}
+
+enum Phase {
+    /// Waiting for the caller's `start`.
+    AwaitingStart,
+    /// `start` received; the driver is checking the key. Payloads wait here.
+    Authorizing {
+        format: AudioFormat,
+        pending: VecDeque<Vec<u8>>,
+    },
+    /// Routed and streaming.
+    Live(Box<Live>),
+    /// Over; nothing more is emitted.
+    Ended,
+}
+
+/// One session's state machine: see the [module documentation](super).
+pub struct SessionCore {
+    config: SessionConfig,
+    protocol: Protocol,
+    phase: Phase,
+    outputs: VecDeque<Output>,
+    accepted_at: Instant,
+    /// Last caller audio (or admission): the idle timer runs from here.
+    last_audio_at: Instant,
+    first_audio_at: Option<Instant>,
+    first_response_ms: Option<i64>,
+    frames_in: u64,
+    frames_out: u64,
+    bad_frames: u64,
+    consecutive_bad_frames: u32,
+    error_events_sent: u32,
+    dropped_payloads: u64,
+    marks_sent: u64,
+    /// `frames_out` when the last Twilio mark was sent.
+    frames_at_last_mark: u64,
+    providers_tried: Vec<String>,
+}
+
+impl std::fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCore")
+            .field("frames_in", &self.frames_in)
+            .field("frames_out", &self.frames_out)
+            .field("bad_frames", &self.bad_frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionCore {
+    /// A session whose socket was accepted at `accepted_at`, speaking `protocol`.
+    pub fn new(protocol: ClientProtocol, config: SessionConfig, accepted_at: Instant) -> Self {
+        SessionCore {
+            config,
+            protocol: match protocol {
+                ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
+                ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
+            },
+            phase: Phase::AwaitingStart,
+            outputs: VecDeque::new(),
+            accepted_at,
+            last_audio_at: accepted_at,
+            first_audio_at: None,
+            first_response_ms: None,
+            frames_in: 0,
+            frames_out: 0,
+            bad_frames: 0,
+            consecutive_bad_frames: 0,
+            error_events_sent: 0,
+            dropped_payloads: 0,
+            marks_sent: 0,
+            frames_at_last_mark: 0,
+            providers_tried: Vec::new(),
+        }
+    }
+
+    /// Whether the session is over (the driver has been told to close).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.phase, Phase::Ended)
+    }
+
+    /// The session id, once admitted.
+    pub fn session_id(&self) -> Option<Uuid> {
+        match &self.phase {
+            Phase::Live(live) => Some(live.session_id),
+            _ => None,
+        }
+    }
+
+    /// Feeds one input that happened at `now`. Then drain [`poll_output`](Self::poll_output).
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        if self.is_ended() {
+            return;
+        }
+        match input {
+            Input::ClientText(text) => self.on_client_text(now, text),
+            Input::ClientBinary(bytes) => self.on_client_binary(now, bytes),
+            Input::ClientClosed => self.end(now, SessionCloseReason::ClientHangup),
+            Input::Admitted(admission) => self.on_admitted(now, admission),
+            Input::Refused { reason, message } => {
+                self.send_error("refused", message);
+                self.end(now, reason);
+            }
+            Input::Provider(event) => self.on_provider(now, event),
+            Input::End(reason) => self.end(now, reason),
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// The next thing to do; [`Output::Timeout`] when there is nothing until then.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(output) = self.outputs.pop_front() {
+            return output;
+        }
+        Output::Timeout(self.next_deadline())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match &self.phase {
+            Phase::AwaitingStart | Phase::Authorizing { .. } => self.accepted_at + START_TIMEOUT,
+            Phase::Live(_) => self.last_audio_at + self.config.idle_timeout,
+            // Nothing will happen again; any far instant will do.
+            Phase::Ended => self.accepted_at + Duration::from_secs(86_400),
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if now < self.next_deadline() {
+            return;
+        }
+        let reason = match self.phase {
+            Phase::Live(_) => SessionCloseReason::IdleTimeout,
+            _ => {
+                self.send_error("start_timeout", "no start message in time");
+                SessionCloseReason::ClientError
+            }
+        };
+        self.end(now, reason);
+    }
+
+    fn on_client_text(&mut self, now: Instant, text: &str) {
+        match &mut self.protocol {
+            Protocol::Twilio(codec) => match codec.decode_text(text) {
+                Ok(TwilioInbound::Connected) => self.good_frame(),
+                Ok(TwilioInbound::Start(start)) => {
+                    self.good_frame();
+                    let request = AuthorizeRequest {
+                        api_key: start.api_key.clone(),
+                        target: start.target.clone(),
+                        format: start.format(),
+                    };
+                    self.begin_authorize(request);
+                }
+                Ok(TwilioInbound::Media(payload)) => {
+                    // The payload borrows the codec; copy it only where it must wait.
+                    let payload = payload.to_vec();
+                    self.good_frame();
+                    self.on_audio(now, &payload);
+                }
+                Ok(TwilioInbound::Mark { .. }) => self.good_frame(),
+                Ok(TwilioInbound::Dtmf { digit }) => {
+                    self.good_frame();
+                    self.on_dtmf(digit);
+                }
+                Ok(TwilioInbound::Stop) => self.end(now, SessionCloseReason::ClientHangup),
+                Err(error) => self.bad_frame(now, error),
+            },
+            Protocol::Native(codec) => match codec.decode_text(text) {
+                Ok(NativeInbound::Start(start)) => {
+                    self.good_frame();
+                    let request = AuthorizeRequest {
+                        api_key: start.api_key.clone(),
+                        target: start.target.clone(),
+                        format: start.format,
+                    };
+                    self.begin_authorize(request);
+                }
+                Ok(NativeInbound::Stop) => self.end(now, SessionCloseReason::ClientHangup),
+                Ok(NativeInbound::Clear) => {
+                    self.good_frame();
+                    self.flush_outbound();
+                }
+                Err(error) => self.bad_frame(now, error),
+            },
+        }
+    }
+
+    fn on_client_binary(&mut self, now: Instant, bytes: &[u8]) {
+        let result = match &mut self.protocol {
+            Protocol::Twilio(codec) => codec.decode_binary(bytes).map(|_| ()),
+            Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                self.good_frame();
+                self.on_audio(now, bytes);
+            }
+            Err(error) => self.bad_frame(now, error),
+        }
+    }
+
+    /// A telephone caller's key press goes to the provider, if the session is routed.
+    fn on_dtmf(&mut self, digit: char) {
+        if matches!(self.phase, Phase::Live(_)) {
+            self.outputs
+                .push_back(Output::ToProvider(ProviderCommand::Dtmf { digit }));
+        }
+    }
+
+    fn begin_authorize(&mut self, request: AuthorizeRequest) {
+        if !matches!(self.phase, Phase::AwaitingStart) {
+            // The codecs refuse a second start themselves; nothing to do.
+            return;
+        }
+        self.phase = Phase::Authorizing {
+            format: request.format,
+            pending: VecDeque::new(),
+        };
+        self.outputs.push_back(Output::Authorize(request));
+    }
+
+    fn on_admitted(&mut self, now: Instant, admission: Admission) {
+        let Phase::Authorizing { format, pending } =
+            std::mem::replace(&mut self.phase, Phase::AwaitingStart)
+        else {
+            // Admission without a pending authorisation is a driver bug; ignore it safely.
+            tracing::warn!("admission for a session that was not authorizing");
+            return;
+        };
+        let rate = admission.provider.sample_rate;
+        let chains = IngressChain::new(format, rate).and_then(|ingress| {
+            EgressChain::new(rate, format, self.config.opus).map(|egress| (ingress, egress))
+        });
+        let (ingress, egress) = match chains {
+            Ok(chains) => chains,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the codec chains");
+                self.end(now, SessionCloseReason::InternalError);
+                return;
+            }
+        };
+        let frame = rate.samples_per_frame();
+        let capacity = rate.samples_in_ms(PROVIDER_AUDIO_QUEUE_MS).max(2 * frame);
+        self.providers_tried.push(admission.provider.name.clone());
+        self.outputs
+            .push_back(Output::StartProvider(admission.provider.clone()));
+        if let Protocol::Native(codec) = &mut self.protocol {
+            let text = codec.encode_event(&ServerEvent::SessionStarted {
+                session_id: admission.session_id,
+                provider: &admission.provider.name,
+                format,
+            });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        self.phase = Phase::Live(Box::new(Live {
+            session_id: admission.session_id,
+            provider: admission.provider,
+            ingress,
+            egress,
+            provider_audio: FrameAssembler::new(frame, capacity),
+        }));
+        self.last_audio_at = now;
+        for payload in pending {
+            self.on_audio(now, &payload);
+        }
+    }
+
+    fn on_audio(&mut self, now: Instant, payload: &[u8]) {
+        match &mut self.phase {
+            Phase::Live(live) => {
+                if let Err(error) = live.ingress.push(payload) {
+                    tracing::debug!(%error, "caller payload refused");
+                    self.bad_frames += 1;
+                    self.consecutive_bad_frames += 1;
+                    self.send_error("bad_audio", "audio payload refused by the codec");
+                    if self.consecutive_bad_frames >= MAX_CONSECUTIVE_BAD_FRAMES {
+                        self.end(now, SessionCloseReason::ClientError);
+                    }
+                    return;
+                }
+                while let Some(frame) = live.ingress.pop_frame() {
+                    self.outputs
+                        .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+                    self.frames_in += 1;
+                }
+                self.last_audio_at = now;
+                self.first_audio_at.get_or_insert(now);
+            }
+            Phase::Authorizing { pending, .. } => {
+                if pending.len() < MAX_PENDING_PAYLOADS {
+                    pending.push_back(payload.to_vec());
+                } else {
+                    self.dropped_payloads += 1;
+                }
+            }
+            // The codecs refuse audio before start; nothing reaches here then.
+            Phase::AwaitingStart | Phase::Ended => self.dropped_payloads += 1,
+        }
+    }
+
+    fn on_provider(&mut self, now: Instant, event: ProviderEvent) {
+        match event {
+            ProviderEvent::Ready => {}
+            ProviderEvent::Audio(pcm) => self.on_provider_audio(now, &pcm),
+            ProviderEvent::Transcript { text, is_final } => {
+                if let Protocol::Native(codec) = &mut self.protocol {
+                    let text = codec.encode_event(&ServerEvent::Transcript {
+                        text: &text,
+                        is_final,
+                    });
+                    self.outputs
+                        .push_back(Output::ToClientText(text.to_owned()));
+                }
+            }
+            ProviderEvent::SpeechStarted => self.flush_outbound(),
+            ProviderEvent::Error { message, fatal } => {
+                tracing::warn!(fatal, "provider error: {message}");
+                if fatal {
+                    self.send_error("provider_error", "the provider failed");
+                    self.end(now, SessionCloseReason::ProviderError);
+                } else {
+                    self.send_error("provider_error", "the provider reported an error");
+                }
+            }
+            ProviderEvent::Closed { error } => {
+                let reason = if error {
+                    SessionCloseReason::ProviderError
+                } else {
+                    SessionCloseReason::ProviderClosed
+                };
+                self.end(now, reason);
+            }
+        }
+    }
+
+    fn on_provider_audio(&mut self, now: Instant, mut pcm: &[i16]) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let mut sent_any = false;
+        while !pcm.is_empty() {
+            let take = pcm.len().min(live.provider_audio.free());
+            let (piece, rest) = pcm.split_at(take);
+            pcm = rest;
+            // Unwrap is OK because `take` never exceeds the free space.
+            live.provider_audio
+                .push(piece)
+                .expect("a piece no larger than the free space fits");
+            while let Some(frame) = live.provider_audio.pop_frame() {
+                let encoded = match live.egress.encode_frame(frame) {
+                    Ok(encoded) => encoded,
+                    Err(error) => {
+                        tracing::error!(%error, "egress encode failed");
+                        continue;
+                    }
+                };
+                let output = match &mut self.protocol {
+                    Protocol::Twilio(codec) => match codec.encode_media(encoded) {
+                        Ok(text) => Output::ToClientText(text.to_owned()),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot frame media for Twilio");
+                            continue;
+                        }
+                    },
+                    Protocol::Native(_) => Output::ToClientBinary(encoded.to_vec()),
+                };
+                self.outputs.push_back(output);
+                self.frames_out += 1;
+                sent_any = true;
+            }
+        }
+        if sent_any {
+            if self.first_response_ms.is_none()
+                && let Some(first_audio_at) = self.first_audio_at
+            {
+                self.first_response_ms =
+                    Some(millis(now.saturating_duration_since(first_audio_at)));
+            }
+            // Twilio reports back when the audio before a mark has played: one mark at the
+            // end of a chunk, once at least FRAMES_PER_MARK frames went out since the last.
+            if let Protocol::Twilio(codec) = &mut self.protocol
+                && self.frames_out >= self.frames_at_last_mark + FRAMES_PER_MARK
+            {
+                self.frames_at_last_mark = self.frames_out;
+                self.marks_sent += 1;
+                let name = format!("vxr-{}", self.marks_sent);
+                if let Ok(text) = codec.encode_mark(&name) {
+                    self.outputs
+                        .push_back(Output::ToClientText(text.to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Barge-in: drop provider audio not yet sent, and tell the caller to drop what it holds.
+    fn flush_outbound(&mut self) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        live.provider_audio.clear();
+        live.egress.reset();
+        let text = match &mut self.protocol {
+            Protocol::Twilio(codec) => codec.encode_clear().ok(),
+            Protocol::Native(codec) => Some(codec.encode_event(&ServerEvent::Clear)),
+        };
+        if let Some(text) = text {
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+    }
+
+    fn good_frame(&mut self) {
+        self.consecutive_bad_frames = 0;
+    }
+
+    fn bad_frame(&mut self, now: Instant, error: ProtocolError) {
+        self.bad_frames += 1;
+        self.consecutive_bad_frames += 1;
+        tracing::debug!(%error, "caller frame refused");
+        if let Protocol::Native(codec) = &mut self.protocol
+            && self.error_events_sent < MAX_ERROR_EVENTS
+        {
+            self.error_events_sent += 1;
+            let text = codec.encode_protocol_error(&error);
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        if error.is_fatal() {
+            self.end(now, SessionCloseReason::ClientError);
+        } else if self.consecutive_bad_frames >= MAX_CONSECUTIVE_BAD_FRAMES {
+            self.send_error("too_many_bad_frames", "too many bad frames in a row");
+            self.end(now, SessionCloseReason::ClientError);
+        }
+    }
+
+    /// A native `error` event (Twilio has no channel for one), within the per-session cap.
+    fn send_error(&mut self, code: &str, message: &str) {
+        if let Protocol::Native(codec) = &mut self.protocol
+            && self.error_events_sent < MAX_ERROR_EVENTS
+        {
+            self.error_events_sent += 1;
+            let text = codec.encode_event(&ServerEvent::Error { code, message });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+    }
+
+    fn end(&mut self, now: Instant, reason: SessionCloseReason) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Ended);
+        if matches!(phase, Phase::Ended) {
+            return;
+        }
+        let (session_id, provider) = match &phase {
+            Phase::Live(live) => {
+                self.outputs
+                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+                (Some(live.session_id), live.provider.name.clone())
+            }
+            _ => (None, String::new()),
+        };
+        // The chains, the framing queue and any held payloads go with the phase.
+        drop(phase);
+        if let Protocol::Native(codec) = &mut self.protocol {
+            let text = codec.encode_event(&ServerEvent::SessionEnded { reason });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        self.outputs.push_back(Output::Close(SessionOutcome {
+            reason,
+            session_id,
+            duration_ms: millis(now.saturating_duration_since(self.accepted_at)),
+            provider,
+            providers_tried: std::mem::take(&mut self.providers_tried),
+            audio_in_ms: frames_to_ms(self.frames_in),
+            audio_out_ms: frames_to_ms(self.frames_out),
+            first_response_ms: self.first_response_ms,
+            bad_frames: self.bad_frames,
+            dropped_payloads: self.dropped_payloads,
+        }));
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn frames_to_ms(frames: u64) -> i64 {
+    i64::try_from(frames * u64::from(voxroute_codecs::FRAME_MS)).unwrap_or(i64::MAX)
+}
