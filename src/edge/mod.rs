@@ -1,0 +1,216 @@
+//! The HTTP edge: routes, the WebSocket upgrades of the caller endpoints, health checks.
+//!
+//! # Authentication
+//!
+//! A key presented with the upgrade (`Authorization: Bearer vxr_…` or `?api_key=`) is checked
+//! before the upgrade: a malformed, unknown or revoked key gets `401` with an
+//! `application/problem+json` body and nothing is routed. Callers that cannot set headers
+//! (carriers, browsers) may present the key inside the protocol instead (Twilio's
+//! `customParameters.api_key`, the native `start.api_key`); it is checked when `start` arrives,
+//! and a bad one closes the socket with `AUTH_FAILED`. With `--dev`, callers on loopback may
+//! present no key at all.
+
+mod session;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+use serde::Deserialize;
+use voxroute_actors::protocol::RouteTarget;
+use voxroute_actors::record::Transport;
+use voxroute_actors::session::{ClientProtocol, SessionConfig};
+use voxroute_actors::supervisor::Supervisor;
+
+use crate::routing::Router;
+use crate::store::{ApiKey, AuthError, Store};
+
+pub use session::SessionActor;
+
+/// Largest WebSocket frame a caller may send, in bytes. A Twilio `media` message is about
+/// 250 bytes, 120 ms of 48 kHz stereo PCM16 is 23 KiB; anything bigger is refused by the
+/// WebSocket codec and ends the session with `CLIENT_ERROR`.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The SQL store (keys, records).
+    pub store: Store,
+    /// The per-process supervisor.
+    pub supervisor: Addr<Supervisor>,
+    /// Providers and routes.
+    pub router: Router,
+    /// Settings every session gets.
+    pub session: SessionConfig,
+    /// `--dev`: keyless callers on loopback are accepted.
+    pub dev: bool,
+    /// Set on shutdown: readiness fails and new sessions are refused.
+    pub draining: AtomicBool,
+}
+
+/// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
+/// the transport its records show.
+#[derive(Debug, Clone, Copy)]
+struct CallerEndpoint {
+    path: &'static str,
+    protocol: ClientProtocol,
+    transport: Transport,
+}
+
+/// Every caller endpoint of this release.
+const CALLER_ENDPOINTS: [CallerEndpoint; 2] = [
+    CallerEndpoint {
+        path: "/v1/telephony/twilio",
+        protocol: ClientProtocol::Twilio,
+        transport: Transport::Telephony,
+    },
+    CallerEndpoint {
+        path: "/v1/ws",
+        protocol: ClientProtocol::Native,
+        transport: Transport::WebSocket,
+    },
+];
+
+/// Registers every route of the edge.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+    for endpoint in CALLER_ENDPOINTS {
+        cfg.route(
+            endpoint.path,
+            web::get().to(
+                move |req: HttpRequest, stream: web::Payload, state: web::Data<Arc<AppState>>| {
+                    upgrade(req, stream, state, endpoint)
+                },
+            ),
+        );
+    }
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// `GET /readyz`: the store answers and the server is not draining.
+async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    if state.draining.load(Ordering::SeqCst) {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        );
+    }
+    match state.store.ping().await {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the session store does not answer",
+        ),
+    }
+}
+
+/// What the upgrade request's query string may carry.
+#[derive(Debug, Default, Deserialize)]
+struct UpgradeQuery {
+    api_key: Option<String>,
+    provider: Option<String>,
+    route: Option<String>,
+}
+
+/// Checks what can be checked before the upgrade, then hands the socket to a
+/// [`SessionActor`].
+async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<Arc<AppState>>,
+    endpoint: CallerEndpoint,
+) -> Result<HttpResponse, actix_web::Error> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Ok(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down",
+        ));
+    }
+    let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let Ok(query_target) =
+        RouteTarget::from_parts(query.provider.as_deref(), query.route.as_deref())
+    else {
+        return Ok(problem(
+            StatusCode::BAD_REQUEST,
+            "provider_and_route",
+            "name a provider or a route, not both",
+        ));
+    };
+    let presented = bearer_key(&req).or(query.api_key);
+    let key: Option<ApiKey> = match presented {
+        None => None,
+        Some(presented) => match state.store.authenticate(&presented).await {
+            Ok(key) => Some(key),
+            Err(AuthError::Store(_)) => {
+                return Ok(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "cannot check the API key now",
+                ));
+            }
+            Err(_) => {
+                return Ok(problem(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    "the API key is malformed, unknown or revoked",
+                ));
+            }
+        },
+    };
+    let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
+    let actor = SessionActor::new(session::SessionParams {
+        state: Arc::clone(&state),
+        protocol: endpoint.protocol,
+        endpoint: endpoint.path,
+        transport: endpoint.transport,
+        peer_ip,
+        key,
+        query_target,
+    });
+    ws::WsResponseBuilder::new(actor, &req, stream)
+        .frame_size(MAX_FRAME_BYTES)
+        .start()
+}
+
+/// The key of an `Authorization: Bearer …` header, if any.
+fn bearer_key(req: &HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim().to_owned())
+}
+
+/// An RFC 9457 `application/problem+json` response, with a stable snake_case `code`
+/// extension member for programs.
+pub fn problem(status: StatusCode, code: &str, detail: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .json(serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("error"),
+            "code": code,
+            "status": status.as_u16(),
+            "detail": detail,
+        }))
+}

@@ -1,0 +1,29 @@
+//! # voxroute: the app
+//!
+//! The `voxroute` package is the server a user runs: the command line, configuration, the
+//! HTTP/WebSocket/WebRTC edges, authentication, routing, the SQL store and metrics. It wires
+//! the DSP of [`voxroute_codecs`] and the actors of [`voxroute_actors`] to the outside world.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command-line contract of `../shared/DESIGN.md` (`serve`, `keys`, `sessions`,
+//!   `retention`) and the commands other than `serve`.
+//! - [`config`]: the TOML configuration file (`--config`): sessions, providers, routes,
+//!   retention.
+//! - [`keys`]: API keys: generation, format check, the stored prefix and SHA-256 hash.
+//! - [`store`]: the SQL store (SQLite or PostgreSQL): migrations, API keys, session records
+//!   (it implements the actors' `SessionStore`) and retention.
+//! - [`routing`]: the configured providers and routes, and which provider answers a caller.
+//! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
+//!   authentication, the per-session WebSocket actor, health checks.
+//! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod edge;
+pub mod keys;
+pub mod routing;
+pub mod server;
+pub mod store;
