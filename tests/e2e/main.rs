@@ -1,0 +1,16 @@
+//! End-to-end tests of the voxroute app.
+//!
+//! This binary holds every end-to-end test of the app, one module per behaviour, so that the
+//! workspace links a single test executable for them rather than one per file. Tests that need
+//! a database read `DATABASE_URL`, which `scripts/test` points at a PostgreSQL server.
+//!
+//! - [`compose`]: the local stack (`docker-compose.yml` + `Dockerfile`) is wired as the README
+//!   says, checked statically because CI has no Docker engine.
+
+mod bad_input;
+mod cli;
+mod compose;
+mod data_promises;
+mod harness;
+mod sessions;
+mod store;
