@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// PEM private key for `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Where session records that the store could not take by shutdown are kept until the
+    /// next start replays them (relative to the working directory).
+    #[arg(long, env = "VOXROUTE_SPOOL_FILE", default_value = crate::spool::DEFAULT_SPOOL_FILE)]
+    pub spool_file: PathBuf,
 }
 
 /// `voxroute keys ...`.

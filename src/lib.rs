@@ -17,6 +17,7 @@
 //! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
 //!   authentication, the per-session WebSocket actor, health checks.
 //! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.
+//! - [`spool`]: the file that keeps session records the store could not take by shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -26,4 +27,5 @@ pub mod edge;
 pub mod keys;
 pub mod routing;
 pub mod server;
+pub mod spool;
 pub mod store;

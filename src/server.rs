@@ -12,17 +12,24 @@
 //!
 //! Readiness fails and new sessions are refused; every live session is ended with `SHUTDOWN`
 //! (its caller gets a close frame saying so); the supervisor gets [`SHUTDOWN_FLUSH_TIMEOUT`]
-//! to write the queued records; then the listener stops.
+//! to write the queued records; whatever the store has not taken by then is written to the
+//! spool file (`--spool-file`, see [`crate::spool`]); then the listener stops.
+//!
+//! At the next start the spool is replayed ahead of any new record, and deleted once those
+//! writes have reached the store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::Actor;
+use actix::Addr;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use voxroute_actors::session::SessionConfig;
-use voxroute_actors::supervisor::{Drain, Flush, ListLive, Supervisor, SupervisorConfig};
+use voxroute_actors::supervisor::{
+    Drain, Flush, ListLive, Replay, Supervisor, SupervisorConfig, TakeQueued,
+};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, RetentionConfig};
@@ -58,10 +65,18 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.tls_cert.is_some() {
+        // Refused rather than ignored: serving plain HTTP to a user who asked for TLS would
+        // be worse than not starting.
+        anyhow::bail!(
+            "--tls-cert/--tls-key are not supported yet; terminate TLS in front of voxroute (see the README)"
+        );
+    }
     let config: Config = args.config.load()?;
     let router = Router::new(&config.providers, &config.routes, &config.default_route)
         .context("invalid routing configuration")?;
@@ -71,6 +86,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot open the session store")?;
     let supervisor = Supervisor::new(Arc::new(store.clone()), SupervisorConfig::default()).start();
+    let spool_file = args.spool_file.clone();
+    let replayed = replay_spool(&spool_file, &supervisor).await?;
     if args.dev && !args.listen.ip().is_loopback() {
         tracing::warn!(
             "--dev accepts keyless callers from loopback only; callers from {} still need a key",
@@ -105,6 +122,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = server.run();
 
     actix_web::rt::spawn(retention_loop(store.clone(), config.retention));
+    if replayed {
+        actix_web::rt::spawn(remove_spool_once_written(
+            spool_file.clone(),
+            supervisor.clone(),
+            Arc::clone(&state),
+        ));
+    }
 
     let handle = server.handle();
     actix_web::rt::spawn(async move {
@@ -126,10 +150,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
             .await;
         match report {
-            Ok(report) if report.still_queued > 0 => tracing::error!(
-                still_queued = report.still_queued,
-                "shutting down with session records not written: the store did not come back"
-            ),
+            Ok(report) if report.still_queued > 0 => {
+                spool_remaining(&spool_file, &supervisor).await;
+            }
             Ok(_) => tracing::info!("all session records written"),
             Err(_) => tracing::error!("the supervisor stopped before flushing"),
         }
@@ -139,6 +162,79 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.await.context("the HTTP server failed")?;
     store.close().await;
     Ok(())
+}
+
+/// Queues the spool of an earlier run, if there is one. Returns whether anything was queued.
+async fn replay_spool(
+    path: &std::path::Path,
+    supervisor: &Addr<Supervisor>,
+) -> anyhow::Result<bool> {
+    let contents = crate::spool::read(path).context("cannot read the spool of the last run")?;
+    if let Some(copy) = &contents.bad_copy {
+        tracing::error!(bad_lines = contents.bad_lines, copy = %copy.display(), "the spool had lines that do not parse; a copy of it is kept");
+    }
+    if contents.writes.is_empty() {
+        crate::spool::remove(path)?;
+        return Ok(false);
+    }
+    tracing::info!(writes = contents.writes.len(), file = %path.display(), "replaying session records spooled at the last shutdown");
+    supervisor
+        .send(Replay {
+            writes: contents.writes,
+        })
+        .await
+        .context("the supervisor stopped at start")?;
+    Ok(true)
+}
+
+/// Deletes the replayed spool once the supervisor's queue has emptied (so the replayed writes,
+/// queued first, have reached the store). Never while shutting down: then the queue was
+/// handed to a new spool, which must stay.
+async fn remove_spool_once_written(
+    path: std::path::PathBuf,
+    supervisor: Addr<Supervisor>,
+    state: Arc<AppState>,
+) {
+    loop {
+        let Ok(report) = supervisor
+            .send(Flush {
+                timeout: Duration::from_secs(60),
+            })
+            .await
+        else {
+            return;
+        };
+        if state.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        if report.still_queued == 0 {
+            match crate::spool::remove(&path) {
+                Ok(()) => tracing::info!("spooled session records written; spool removed"),
+                Err(error) => tracing::error!(%error, "cannot remove the replayed spool"),
+            }
+            return;
+        }
+    }
+}
+
+/// Writes what the store has not taken to the spool, for the next start.
+async fn spool_remaining(path: &std::path::Path, supervisor: &Addr<Supervisor>) {
+    let Ok(writes) = supervisor.send(TakeQueued).await else {
+        tracing::error!("the supervisor stopped before its queue could be spooled");
+        return;
+    };
+    match crate::spool::write(path, &writes) {
+        Ok(()) => tracing::warn!(
+            writes = writes.len(),
+            file = %path.display(),
+            "the store did not come back: session records spooled for the next start"
+        ),
+        Err(error) => tracing::error!(
+            %error,
+            writes = writes.len(),
+            "session records could not be spooled and are lost"
+        ),
+    }
 }
 
 /// Applies the retention policy every [`RETENTION_INTERVAL`], the first time right away.

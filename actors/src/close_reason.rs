@@ -4,8 +4,9 @@
 use std::fmt;
 
 /// Why a session ended. The string forms ([`as_str`](Self::as_str)) are part of the external
-/// contract: never rename one, only add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// contract: never rename one, only add. The serde form is the same string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[non_exhaustive]
 pub enum SessionCloseReason {
     /// The caller hung up: a carrier `stop`, or the client closed its connection.
@@ -87,5 +88,17 @@ mod tests {
         strings.dedup();
         assert_eq!(strings.len(), SessionCloseReason::ALL.len());
         assert_eq!(SessionCloseReason::parse("client_hangup"), None);
+    }
+
+    #[test]
+    fn serde_form_is_the_stored_string() {
+        for reason in SessionCloseReason::ALL {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(
+                serde_json::from_str::<SessionCloseReason>(&json).unwrap(),
+                reason
+            );
+        }
     }
 }

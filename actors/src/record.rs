@@ -5,12 +5,15 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::close_reason::SessionCloseReason;
 
-/// How the caller's audio reaches voxroute; stored in `sessions.transport`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How the caller's audio reaches voxroute; stored in `sessions.transport`. Its serde form is
+/// [`as_str`](Self::as_str).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Transport {
     /// A carrier's media-stream WebSocket (Twilio, Telnyx, Vonage).
@@ -33,7 +36,7 @@ impl Transport {
 }
 
 /// The record written when a session is admitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionStart {
     /// Session id, a UUID v7 (time-ordered).
     pub id: Uuid,
@@ -54,7 +57,7 @@ pub struct SessionStart {
 }
 
 /// The fields that complete a record when its session ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnd {
     /// Which session.
     pub id: Uuid,
@@ -76,4 +79,55 @@ pub struct SessionEnd {
     pub failovers: i32,
     /// From the first caller audio to the first provider response, in milliseconds.
     pub first_response_ms: Option<i64>,
+}
+
+/// One write of a record: the two steps above, in the order the store must take them. The
+/// supervisor queues these; on shutdown with the store away they are spooled to a file as one
+/// JSON object per line (`{"start": {...}}` or `{"end": {...}}`) and replayed at the next
+/// start. Both writes are idempotent in the store, so a replay of a write that did land is
+/// harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordWrite {
+    /// Insert the record (ignored if it exists).
+    Start(SessionStart),
+    /// Complete the record.
+    End(SessionEnd),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_serde_form_is_the_stored_string() {
+        for transport in [
+            Transport::Telephony,
+            Transport::WebSocket,
+            Transport::WebRtc,
+        ] {
+            let json = serde_json::to_string(&transport).unwrap();
+            assert_eq!(json, format!("\"{}\"", transport.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_write_survives_a_json_line() {
+        let end = RecordWrite::End(SessionEnd {
+            id: Uuid::now_v7(),
+            ended_at: Utc::now(),
+            duration_ms: 1_234,
+            close_reason: SessionCloseReason::ClientHangup,
+            provider: "echo".into(),
+            providers_tried: vec!["echo".into()],
+            audio_in_ms: 1_000,
+            audio_out_ms: 980,
+            failovers: 0,
+            first_response_ms: Some(21),
+        });
+        let line = serde_json::to_string(&end).unwrap();
+        assert!(line.starts_with(r#"{"end":{"#), "{line}");
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<RecordWrite>(&line).unwrap(), end);
+    }
 }

@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use super::messages::{
     Admit, AdmitError, Drain, EndSession, Flush, FlushReport, ListLive, LiveSession,
-    RecordUnadmitted, SessionEnded, Stats, SupervisorStats,
+    RecordUnadmitted, Replay, SessionEnded, Stats, SupervisorStats, TakeQueued,
 };
 use super::{LIVENESS_SWEEP_INTERVAL, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN, STORE_WRITE_TIMEOUT};
 use crate::close_reason::SessionCloseReason;
-use crate::record::{SessionEnd, SessionStart};
+use crate::record::{RecordWrite, SessionEnd};
 use crate::store::{SessionStore, StoreError};
 
 /// Settings of the [`Supervisor`].
@@ -33,13 +33,6 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// One record write, queued until the store takes it.
-#[derive(Debug, Clone)]
-enum Write {
-    Start(SessionStart),
-    End(SessionEnd),
-}
-
 /// A live session in the registry.
 struct Live {
     info: LiveSession,
@@ -56,13 +49,16 @@ pub struct Supervisor {
     /// Set by [`Drain`]: no new session is admitted.
     draining: bool,
     /// Writes not yet accepted by the store, oldest first; the head may be in flight.
-    queue: VecDeque<Write>,
+    queue: VecDeque<RecordWrite>,
     /// A write is in flight, or a retry of the head is scheduled.
     busy: bool,
     /// Wait before the next retry; doubles on each failure, resets on success.
     backoff: Duration,
     /// Everyone waiting in [`Flush`] for the queue to empty.
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Set by [`TakeQueued`]: the queue was handed over (to the spool); nothing is written
+    /// any more and the result of a write in flight is ignored.
+    handed_over: bool,
     stats: SupervisorStats,
 }
 
@@ -79,11 +75,12 @@ impl Supervisor {
             busy: false,
             backoff: RETRY_BACKOFF_MIN,
             flush_waiters: Vec::new(),
+            handed_over: false,
             stats: SupervisorStats::default(),
         }
     }
 
-    fn enqueue(&mut self, write: Write, ctx: &mut Context<Self>) {
+    fn enqueue(&mut self, write: RecordWrite, ctx: &mut Context<Self>) {
         if self.queue.len() >= self.config.max_queued_writes {
             self.stats.dropped_queue_full += 1;
             tracing::error!(
@@ -98,7 +95,7 @@ impl Supervisor {
 
     /// Starts writing the head of the queue, unless a write is already under way.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
+        if self.busy || self.handed_over {
             return;
         }
         let Some(write) = self.queue.front().cloned() else {
@@ -112,8 +109,8 @@ impl Supervisor {
         let attempt = async move {
             let call = async {
                 match &write {
-                    Write::Start(start) => store.record_start(start).await,
-                    Write::End(end) => store.record_end(end).await,
+                    RecordWrite::Start(start) => store.record_start(start).await,
+                    RecordWrite::End(end) => store.record_end(end).await,
                 }
             };
             match tokio::time::timeout(STORE_WRITE_TIMEOUT, call).await {
@@ -123,6 +120,10 @@ impl Supervisor {
         };
         ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
+            if act.handed_over {
+                // The queue (this write included) now belongs to the spool.
+                return;
+            }
             match result {
                 Ok(()) => {
                     act.queue.pop_front();
@@ -184,7 +185,7 @@ impl Supervisor {
             let now = chrono::Utc::now();
             tracing::warn!(session_id = %id, "session vanished without ending; recording its end");
             self.enqueue(
-                Write::End(SessionEnd {
+                RecordWrite::End(SessionEnd {
                     id,
                     ended_at: now,
                     duration_ms: (now - live.info.started_at).num_milliseconds().max(0),
@@ -240,7 +241,7 @@ impl Handler<Admit> for Supervisor {
                 session: msg.session,
             },
         );
-        self.enqueue(Write::Start(msg.start), ctx);
+        self.enqueue(RecordWrite::Start(msg.start), ctx);
         Ok(())
     }
 }
@@ -250,7 +251,7 @@ impl Handler<SessionEnded> for Supervisor {
 
     fn handle(&mut self, msg: SessionEnded, ctx: &mut Context<Self>) {
         self.unregister(msg.end.id);
-        self.enqueue(Write::End(msg.end), ctx);
+        self.enqueue(RecordWrite::End(msg.end), ctx);
     }
 }
 
@@ -261,8 +262,8 @@ impl Handler<RecordUnadmitted> for Supervisor {
         // A session that hung up while its admission was in flight was admitted after all:
         // free its slot. (Writing its start again is harmless: starts are idempotent.)
         self.unregister(msg.start.id);
-        self.enqueue(Write::Start(msg.start), ctx);
-        self.enqueue(Write::End(msg.end), ctx);
+        self.enqueue(RecordWrite::Start(msg.start), ctx);
+        self.enqueue(RecordWrite::End(msg.end), ctx);
     }
 }
 
@@ -310,6 +311,28 @@ impl Handler<Flush> for Supervisor {
     }
 }
 
+impl Handler<TakeQueued> for Supervisor {
+    type Result = MessageResult<TakeQueued>;
+
+    fn handle(&mut self, _: TakeQueued, _: &mut Context<Self>) -> Self::Result {
+        self.handed_over = true;
+        for waiter in self.flush_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        MessageResult(self.queue.drain(..).collect())
+    }
+}
+
+impl Handler<Replay> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Replay, ctx: &mut Context<Self>) {
+        for write in msg.writes {
+            self.enqueue(write, ctx);
+        }
+    }
+}
+
 impl Handler<Stats> for Supervisor {
     type Result = MessageResult<Stats>;
 
@@ -330,7 +353,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::record::Transport;
+    use crate::record::{SessionStart, Transport};
     use crate::store::InMemorySessionStore;
 
     /// Stands in for a session: remembers the [`EndSession`] messages it gets.
@@ -504,6 +527,45 @@ mod tests {
             store.get(id).unwrap().1.is_some(),
             "start and end landed, in order"
         );
+    }
+
+    /// What the store could not take by shutdown is handed over whole, oldest first, and the
+    /// supervisor stops writing; a new supervisor given those writes lands them.
+    #[actix_rt::test]
+    async fn queued_writes_are_handed_over_and_replay_lands_them() {
+        let store = Arc::new(InMemorySessionStore::new());
+        store.set_down(true);
+        let supervisor = Supervisor::new(store.clone(), SupervisorConfig::default()).start();
+        let s = start(None);
+        let id = s.id;
+        admit(&supervisor, s, None).await.0.unwrap();
+        supervisor
+            .send(SessionEnded { end: end(id) })
+            .await
+            .unwrap();
+        let writes = supervisor.send(TakeQueued).await.unwrap();
+        assert!(
+            matches!(writes.as_slice(), [RecordWrite::Start(s), RecordWrite::End(e)] if s.id == id && e.id == id),
+            "{writes:?}"
+        );
+        store.set_down(false);
+        tokio::time::sleep(RETRY_BACKOFF_MIN * 3).await;
+        assert!(
+            store.get(id).is_none(),
+            "a handed-over queue is not written"
+        );
+        assert_eq!(supervisor.send(Stats).await.unwrap().queued_writes, 0);
+
+        let next = Supervisor::new(store.clone(), SupervisorConfig::default()).start();
+        next.send(Replay { writes }).await.unwrap();
+        let report = next
+            .send(Flush {
+                timeout: Duration::from_secs(10),
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.still_queued, 0);
+        assert!(store.get(id).unwrap().1.is_some(), "start and end landed");
     }
 
     /// Drain refuses new sessions and tells every live one to end with SHUTDOWN.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::close_reason::SessionCloseReason;
-use crate::record::{SessionEnd, SessionStart};
+use crate::record::{RecordWrite, SessionEnd, SessionStart};
 
 /// Session → supervisor: may this session start? On `Ok` it is registered as live and its
 /// start record is queued; the session must later send [`SessionEnded`].
@@ -113,6 +113,22 @@ pub struct Flush {
 pub struct FlushReport {
     /// Writes still queued when it returned (0: everything is on record).
     pub still_queued: usize,
+}
+
+/// Server → supervisor, last thing on shutdown after [`Flush`] left writes queued: hand the
+/// queue over (oldest first) to be spooled. From then on the supervisor writes nothing; a
+/// write in flight may still land, which is harmless because writes are idempotent.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<RecordWrite>")]
+pub struct TakeQueued;
+
+/// Server → supervisor, at start: queue these writes (from the spool of an earlier run)
+/// ahead of any new ones.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Replay {
+    /// Oldest first.
+    pub writes: Vec<RecordWrite>,
 }
 
 /// Anyone → supervisor: counters, for metrics and tests.

@@ -10,7 +10,9 @@
 //! A write that fails with a retryable error stays at the head of the queue and is retried
 //! with exponential backoff (from [`RETRY_BACKOFF_MIN`] to [`RETRY_BACKOFF_MAX`]); one the store
 //! rejects is dropped and counted. When the queue is full the newest write is dropped and
-//! counted; calls go on regardless. [`Flush`] waits for the queue to drain (shutdown).
+//! counted; calls go on regardless. [`Flush`] waits for the queue to drain (shutdown); if the
+//! store is still away, [`TakeQueued`] hands what is left to the server to spool to a file, and
+//! [`Replay`] queues a spool's writes at the next start.
 //!
 //! # What callers must keep
 //!
@@ -30,7 +32,7 @@ mod messages;
 pub use actor::{Supervisor, SupervisorConfig};
 pub use messages::{
     Admit, AdmitError, Drain, EndSession, Flush, FlushReport, ListLive, LiveSession,
-    RecordUnadmitted, SessionEnded, Stats, SupervisorStats,
+    RecordUnadmitted, Replay, SessionEnded, Stats, SupervisorStats, TakeQueued,
 };
 
 use std::time::Duration;
