@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::limits::LimitsConfig;
 use crate::routing::{DEFAULT_ROUTE, ProviderConfig, RouteConfig};
 
 /// Everything the TOML file can set. Add a section as a new field with `#[serde(default)]`
@@ -31,6 +32,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `[routes.NAME]`: named lists of providers, in order of preference.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// `[limits]`: per-key rate of new sessions.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             default_route: DEFAULT_ROUTE.to_owned(),
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -164,7 +168,7 @@ impl Config {
         if self.session.idle_timeout_secs == 0 {
             return Err("session.idle_timeout_secs must be at least 1".to_owned());
         }
-        Ok(())
+        self.limits.validate()
     }
 }
 

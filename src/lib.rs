@@ -10,6 +10,7 @@
 //!   `retention`) and the commands other than `serve`.
 //! - [`config`]: the TOML configuration file (`--config`): sessions, providers, routes,
 //!   retention.
+//! - [`limits`]: the per-key token bucket of new sessions.
 //! - [`keys`]: API keys: generation, format check, the stored prefix and SHA-256 hash.
 //! - [`store`]: the SQL store (SQLite or PostgreSQL): migrations, API keys, session records
 //!   (it implements the actors' `SessionStore`) and retention.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod keys;
+pub mod limits;
 pub mod routing;
 pub mod server;
 pub mod spool;

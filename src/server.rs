@@ -104,6 +104,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         dev: args.dev,
         draining: Default::default(),
+        rate_limiter: crate::limits::SessionRateLimiter::new(config.limits),
     });
 
     let app_state = Arc::clone(&state);

@@ -9,6 +9,13 @@
 //! `customParameters.api_key`, the native `start.api_key`); it is checked when `start` arrives,
 //! and a bad one closes the socket with `AUTH_FAILED`. With `--dev`, callers on loopback may
 //! present no key at all.
+//!
+//! # Limits
+//!
+//! Every session of a key takes a token of the key's new-session bucket ([`crate::limits`]):
+//! before the upgrade when the key came with it (an empty bucket gets `429` with
+//! `Retry-After`), else when `start` brings the key (close `LIMIT_EXCEEDED`, on record). The
+//! key's concurrent-session limit is the supervisor's, at admission.
 
 mod session;
 
@@ -26,6 +33,7 @@ use voxroute_actors::record::Transport;
 use voxroute_actors::session::{ClientProtocol, SessionConfig};
 use voxroute_actors::supervisor::Supervisor;
 
+use crate::limits::SessionRateLimiter;
 use crate::routing::Router;
 use crate::store::{ApiKey, AuthError, Store};
 
@@ -50,6 +58,8 @@ pub struct AppState {
     pub dev: bool,
     /// Set on shutdown: readiness fails and new sessions are refused.
     pub draining: AtomicBool,
+    /// Per-key rate of new sessions.
+    pub rate_limiter: SessionRateLimiter,
 }
 
 /// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
@@ -173,6 +183,24 @@ async fn upgrade(
             }
         },
     };
+    if let Some(key) = &key
+        && let Err(limited) = state
+            .rate_limiter
+            .try_acquire(key.id, std::time::Instant::now())
+    {
+        let mut response = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &limited.to_string(),
+        );
+        let retry_after_secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(value) = retry_after_secs.to_string().parse() {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
     let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
     let actor = SessionActor::new(session::SessionParams {
         state: Arc::clone(&state),

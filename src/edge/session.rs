@@ -125,7 +125,21 @@ impl SessionActor {
             let key = match (pre_checked, request.api_key) {
                 (Some(key), _) => Some(key),
                 (None, Some(presented)) => match state.store.authenticate(&presented).await {
-                    Ok(key) => Some(key),
+                    Ok(key) => {
+                        // A key checked before the upgrade took its token there.
+                        if state
+                            .rate_limiter
+                            .try_acquire(key.id, Instant::now())
+                            .is_err()
+                        {
+                            return Err((
+                                SessionCloseReason::LimitExceeded,
+                                "the key is opening sessions faster than its limit",
+                                Some(key.id),
+                            ));
+                        }
+                        Some(key)
+                    }
                     Err(AuthError::Store(_)) => {
                         return Err((
                             SessionCloseReason::InternalError,

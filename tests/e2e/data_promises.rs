@@ -480,7 +480,14 @@ async fn short_calls(setup: &Setup, key: (Uuid, &str), n: usize, total: usize) {
 /// 15 MiB, +0.9 MiB after 100 sessions, +0.1 MiB more over the second 100.
 #[tokio::test]
 async fn memory_returns_to_baseline_after_many_sessions() {
-    let setup = Setup::sqlite().await;
+    // 210 sessions in a few seconds on one key: above the default new-session rate.
+    let options = RouterOptions {
+        config: Some(
+            "[limits]\nnew_sessions_per_minute = 60000\nnew_sessions_burst = 1000\n".into(),
+        ),
+        ..RouterOptions::default()
+    };
+    let setup = Setup::new(TestDb::sqlite(), options).await;
     let (key_id, key) = setup.key("memory", None).await;
     let key = (key_id, key.as_str());
     short_calls(&setup, key, 10, 10).await;

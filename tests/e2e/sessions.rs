@@ -18,10 +18,10 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
 use voxroute::store::SessionRow;
 
@@ -494,6 +494,72 @@ async fn over_limit_call_is_refused_recorded_and_the_slot_frees() {
         reasons,
         ["CLIENT_HANGUP", "LIMIT_EXCEEDED", "CLIENT_HANGUP"],
         "oldest first: {rows:#?}"
+    );
+}
+
+/// Proves the per-key rate of new sessions (a token bucket): with a burst of 2 and 1 new
+/// session a minute, a key's third session in a row is refused: with HTTP 429, a
+/// problem+json body and `Retry-After` when the key comes with the upgrade (nothing recorded),
+/// and with close 1008 `LIMIT_EXCEEDED` (recorded under the key) when it comes in Twilio's
+/// `start`. Another key is unaffected, and the refused key's earlier calls go on.
+#[tokio::test]
+async fn new_sessions_over_the_key_rate_are_refused() {
+    let options = RouterOptions {
+        config: Some("[limits]\nnew_sessions_per_minute = 1\nnew_sessions_burst = 2\n".into()),
+        ..RouterOptions::default()
+    };
+    let setup = Setup::new(TestDb::sqlite(), options).await;
+    let (key_id, key) = setup.key("bursty", None).await;
+    let mut first = setup.twilio(&key).await;
+    first.assert_echoes("first call").await;
+    let url = setup.router.ws_url(TWILIO);
+    let mut second = TwilioCaller::connect(&url, Some(&key))
+        .await
+        .expect("the second session is within the burst");
+    second.start(&[]).await;
+    second.assert_echoes("second call").await;
+
+    let refused = TwilioCaller::connect(&url, Some(&key)).await.err();
+    let Some(tungstenite::Error::Http(response)) = refused else {
+        panic!("expected HTTP 429, got {refused:?}");
+    };
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+
+    let in_protocol = setup.twilio(&key).await;
+    let closed = in_protocol.conn.wait_closed(WAIT).await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (1008, "LIMIT_EXCEEDED")
+    );
+    let row = setup.ended_for_key(key_id, 1).await.remove(0);
+    assert_eq!(
+        row.close_reason.as_deref(),
+        Some("LIMIT_EXCEEDED"),
+        "{row:#?}"
+    );
+
+    let (_, other) = setup.key("calm", None).await;
+    let mut calm = setup.twilio(&other).await;
+    calm.assert_echoes("another key").await;
+    first.assert_echoes("first call, after the refusals").await;
+    for call in [&mut first, &mut second, &mut calm] {
+        assert_eq!(call.hang_up().await.reason, "CLIENT_HANGUP");
+    }
+    let rows = setup.ended_for_key(key_id, 3).await;
+    assert_eq!(
+        rows.len(),
+        3,
+        "two calls and one refusal, the 429 left none: {rows:#?}"
     );
 }
 
