@@ -10,9 +10,9 @@
 //!
 //! # What callers must keep
 //!
-//! - [`write`] replaces the file atomically (temporary file, fsync, rename), so a crash while
+//! - [`write()`] replaces the file atomically (temporary file, fsync, rename), so a crash while
 //!   spooling leaves the previous spool or the new one, never half of one.
-//! - [`read`] never fails on a bad line: it skips it, counts it, and keeps a copy of the whole
+//! - [`read()`] never fails on a bad line: it skips it, counts it, and keeps a copy of the whole
 //!   file beside it (`<file>.bad-<unix seconds>`) so nothing is lost to a parse error.
 //! - The file is deleted only once the replayed writes have reached the store (the server's
 //!   job); writes are idempotent, so replaying one that did land is harmless.
@@ -41,12 +41,12 @@ pub enum SpoolError {
     Encode(#[from] serde_json::Error),
 }
 
-/// What [`read`] found.
+/// What [`read()`] found.
 #[derive(Debug, Default)]
 pub struct SpoolContents {
     /// The writes, oldest first.
     pub writes: Vec<RecordWrite>,
-    /// Lines that did not parse (skipped; the file was copied aside, see [`read`]).
+    /// Lines that did not parse (skipped; the file was copied aside, see [`read()`]).
     pub bad_lines: usize,
     /// Where the copy of a file with bad lines was kept.
     pub bad_copy: Option<PathBuf>,
