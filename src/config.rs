@@ -224,9 +224,13 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let config = Config::parse(&uncommented).ok().unwrap();
-        let router =
-            crate::routing::Router::new(&config.providers, &config.routes, &config.default_route)
-                .unwrap();
+        let router = crate::routing::Router::new(
+            &config.providers,
+            &config.routes,
+            &config.default_route,
+            &crate::hosted::ProviderEnv::default(),
+        )
+        .unwrap();
         let resolved = router
             .resolve(&voxroute_actors::protocol::RouteTarget::Default)
             .unwrap();

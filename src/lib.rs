@@ -14,6 +14,8 @@
 //! - [`keys`]: API keys: generation, format check, the stored prefix and SHA-256 hash.
 //! - [`store`]: the SQL store (SQLite or PostgreSQL): migrations, API keys, session records
 //!   (it implements the actors' `SessionStore`) and retention.
+//! - [`hosted`]: the hosted providers (OpenAI, Deepgram, ElevenLabs, Gemini): environment,
+//!   endpoints, rates, settings.
 //! - [`routing`]: the configured providers and routes, and which provider answers a caller.
 //! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
 //!   authentication, the per-session WebSocket actor, health checks.
@@ -25,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod hosted;
 pub mod keys;
 pub mod limits;
 pub mod routing;

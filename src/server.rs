@@ -78,8 +78,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let config: Config = args.config.load()?;
-    let router = Router::new(&config.providers, &config.routes, &config.default_route)
-        .context("invalid routing configuration")?;
+    let router = Router::new(
+        &config.providers,
+        &config.routes,
+        &config.default_route,
+        &crate::hosted::ProviderEnv::from_env(),
+    )
+    .context("invalid routing configuration")?;
     let store: Store = args
         .database
         .open()

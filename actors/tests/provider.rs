@@ -113,6 +113,7 @@ fn spec(kind: ProviderKind) -> ProviderSpec {
     ProviderSpec {
         name: "test".into(),
         sample_rate: SampleRate::HZ_16000,
+        output_sample_rate: SampleRate::HZ_16000,
         kind,
     }
 }
@@ -323,6 +324,38 @@ async fn refused_connection_fails_fast() {
         "took {:?}",
         started.elapsed()
     );
+    h.stopped().await;
+}
+
+/// `wss://` is dialled with TLS: against a server that answers the TLS hello with garbage,
+/// the failure is a (retryable) connection error from the TLS layer, not a configuration
+/// error saying TLS is missing.
+#[actix_rt::test]
+async fn wss_is_dialled_with_tls() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut hello = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut socket, &mut hello)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut socket, b"HTTP/1.1 400 not tls\r\n\r\n")
+            .await
+            .unwrap();
+        hello
+    });
+    let mut h = Harness::start(ws_pcm(&format!("wss://localhost:{port}/model")));
+    match h.next().await {
+        ProviderEvent::Error {
+            fatal: true,
+            message,
+        } => assert!(message.contains("could not connect"), "{message}"),
+        other => panic!("expected a fatal connect error, got {other:?}"),
+    }
+    assert_eq!(h.next().await, ProviderEvent::Closed { error: true });
+    let hello = server.await.unwrap();
+    assert_eq!(hello[0], 0x16, "a TLS handshake record arrived");
     h.stopped().await;
 }
 

@@ -6,8 +6,8 @@
 //! provider is one adapter file plus its golden tests.
 //!
 //! What callers (the session) must keep: audio goes in as 20 ms mono PCM16 frames at the
-//! provider's [`ProviderSpec::sample_rate`]; audio comes back as PCM16 at that same rate, in
-//! chunks of any length (the session frames them).
+//! provider's [`ProviderSpec::sample_rate`]; audio comes back as PCM16 at
+//! [`ProviderSpec::output_sample_rate`], in chunks of any length (the session frames them).
 //!
 //! # Layout
 //!
@@ -17,11 +17,18 @@
 //!   out), the connect/close timeouts and the bounded queues;
 //! - [`echo`]: the built-in echo, an in-process adapter;
 //! - [`ws_pcm`]: a self-hosted model speaking PCM16 over a WebSocket, and voxroute's
-//!   convention for such servers.
+//!   convention for such servers;
+//! - [`openai`], [`deepgram`], [`elevenlabs`], [`gemini`]: the hosted providers' protocols
+//!   (OpenAI Realtime, Deepgram live STT, ElevenLabs Agents, Gemini Live).
 
 pub mod actor;
 pub mod adapter;
+pub mod deepgram;
 pub mod echo;
+pub mod elevenlabs;
+pub mod gemini;
+pub mod openai;
+mod wire;
 pub mod ws_pcm;
 
 pub use actor::{GetProviderStats, ProviderActor, ProviderInput, ProviderOutput, ProviderStats};
@@ -36,6 +43,14 @@ pub fn adapter_for(spec: &ProviderSpec) -> Box<dyn ProviderAdapter> {
         ProviderKind::WsPcm { url } => {
             Box::new(ws_pcm::WsPcmAdapter::new(url.clone(), spec.sample_rate))
         }
+        ProviderKind::OpenAi(settings) => Box::new(openai::OpenAiAdapter::new(settings.clone())),
+        ProviderKind::Deepgram(settings) => {
+            Box::new(deepgram::DeepgramAdapter::new(settings.clone()))
+        }
+        ProviderKind::ElevenLabs(settings) => {
+            Box::new(elevenlabs::ElevenLabsAdapter::new(settings.clone()))
+        }
+        ProviderKind::Gemini(settings) => Box::new(gemini::GeminiAdapter::new(settings.clone())),
     }
 }
 
@@ -90,13 +105,16 @@ pub enum ProviderEvent {
 pub struct ProviderSpec {
     /// The provider's name as routes and records use it (`echo`, `ws-pcm`, ...).
     pub name: String,
-    /// The rate of the PCM16 the provider takes and gives.
+    /// The rate of the PCM16 the provider takes (caller audio, [`ProviderCommand::Audio`]).
     pub sample_rate: SampleRate,
+    /// The rate of the PCM16 the provider gives ([`ProviderEvent::Audio`]); the same as
+    /// `sample_rate` for most providers (Gemini Live takes 16 kHz and answers at 24 kHz).
+    pub output_sample_rate: SampleRate,
     /// How to reach it.
     pub kind: ProviderKind,
 }
 
-/// The built-in provider kinds of this release.
+/// The provider kinds voxroute speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProviderKind {
@@ -107,4 +125,12 @@ pub enum ProviderKind {
         /// `ws://` or `wss://` URL of the model.
         url: String,
     },
+    /// OpenAI Realtime.
+    OpenAi(openai::OpenAiSettings),
+    /// Deepgram live transcription.
+    Deepgram(deepgram::DeepgramSettings),
+    /// ElevenLabs Agents conversation.
+    ElevenLabs(elevenlabs::ElevenLabsSettings),
+    /// Gemini Live.
+    Gemini(gemini::GeminiSettings),
 }

@@ -34,6 +34,7 @@ use super::adapter::{
     AdapterOutput, CLOSE_NORMAL, ConnectRequest, Endpoint, ProviderAdapter, ProviderError, WsFrame,
     WsFrameRef,
 };
+use super::wire::{OddLength, pcm16_le_bytes, pcm16_le_samples};
 use super::{ProviderCommand, ProviderEvent};
 
 /// Upgrade-request header telling a ws-pcm server the sample rate of the PCM16 both ways.
@@ -85,11 +86,7 @@ impl ProviderAdapter for WsPcmAdapter {
                 if samples.is_empty() {
                     return;
                 }
-                let mut bytes = Vec::with_capacity(samples.len() * 2);
-                for sample in &samples {
-                    bytes.extend_from_slice(&sample.to_le_bytes());
-                }
-                out.send(WsFrame::Binary(bytes));
+                out.send(WsFrame::Binary(pcm16_le_bytes(&samples)));
             }
             ProviderCommand::Dtmf { digit } => {
                 let mut text = String::with_capacity(32);
@@ -109,20 +106,14 @@ impl ProviderAdapter for WsPcmAdapter {
     ) -> Result<(), ProviderError> {
         match frame {
             WsFrameRef::Binary(bytes) => {
-                if bytes.len() % 2 != 0 {
-                    return Err(ProviderError::bad_frame(
-                        "ws-pcm binary frame of odd length is not PCM16",
-                    ));
-                }
-                if bytes.is_empty() {
+                let samples = pcm16_le_samples(bytes).map_err(|OddLength| {
+                    ProviderError::bad_frame("ws-pcm binary frame of odd length is not PCM16")
+                })?;
+                if samples.is_empty() {
                     out.ignore();
-                    return Ok(());
+                } else {
+                    out.emit(ProviderEvent::Audio(samples));
                 }
-                let samples = bytes
-                    .chunks_exact(2)
-                    .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
-                    .collect();
-                out.emit(ProviderEvent::Audio(samples));
             }
             WsFrameRef::Text(text) => match serde_json::from_str::<ServerEvent>(text) {
                 Ok(ServerEvent::Transcript { text, is_final }) => {

@@ -402,9 +402,10 @@ impl SessionCore {
             tracing::warn!("admission for a session that was not authorizing");
             return;
         };
-        let rate = admission.provider.sample_rate;
-        let chains = IngressChain::new(format, rate).and_then(|ingress| {
-            EgressChain::new(rate, format, self.config.opus).map(|egress| (ingress, egress))
+        let in_rate = admission.provider.sample_rate;
+        let out_rate = admission.provider.output_sample_rate;
+        let chains = IngressChain::new(format, in_rate).and_then(|ingress| {
+            EgressChain::new(out_rate, format, self.config.opus).map(|egress| (ingress, egress))
         });
         let (ingress, egress) = match chains {
             Ok(chains) => chains,
@@ -414,8 +415,10 @@ impl SessionCore {
                 return;
             }
         };
-        let frame = rate.samples_per_frame();
-        let capacity = rate.samples_in_ms(PROVIDER_AUDIO_QUEUE_MS).max(2 * frame);
+        let frame = out_rate.samples_per_frame();
+        let capacity = out_rate
+            .samples_in_ms(PROVIDER_AUDIO_QUEUE_MS)
+            .max(2 * frame);
         self.providers_tried.push(admission.provider.name.clone());
         self.outputs
             .push_back(Output::StartProvider(admission.provider.clone()));

@@ -35,6 +35,7 @@ fn echo_spec() -> ProviderSpec {
     ProviderSpec {
         name: "echo".into(),
         sample_rate: SampleRate::HZ_16000,
+        output_sample_rate: SampleRate::HZ_16000,
         kind: ProviderKind::Echo,
     }
 }
