@@ -257,6 +257,9 @@ pub(crate) struct RouterOptions {
     /// The router's working directory (default: a temporary directory of its own, so that
     /// nothing it writes lands in the repository).
     pub(crate) workdir: Option<std::path::PathBuf>,
+    /// Extra environment variables (provider keys, `VOXROUTE_*_URL` pointing at a stand-in).
+    /// The hosted providers' variables are otherwise removed, so the host's never leak in.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// A `voxroute serve` child process; killed (SIGKILL) on drop unless it has exited.
@@ -293,6 +296,10 @@ impl Router {
         if options.dev {
             command.arg("--dev");
         }
+        for kind in voxroute::hosted::Hosted::ALL {
+            command.env_remove(kind.key_var()).env_remove(kind.url_var());
+        }
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("the voxroute binary starts");
 
         let stdout = Arc::new(Mutex::new(Vec::new()));
