@@ -57,7 +57,7 @@ use serde_json::error::Category;
 use super::adapter::{
     AdapterOutput, ConnectRequest, Endpoint, ProviderAdapter, ProviderError, WsFrame, WsFrameRef,
 };
-use super::wire::{default_on_close, pcm16_le_bytes, push_query_value, url_with_path};
+use super::wire::{default_on_close, push_query_value, send_pcm16_binary, url_with_path};
 use super::{ProviderCommand, ProviderEvent};
 
 /// Deepgram's production WebSocket base URL; the adapter appends `/v1/listen`.
@@ -281,12 +281,10 @@ impl ProviderAdapter for DeepgramAdapter {
         }
         match command {
             ProviderCommand::Audio(samples) => {
-                // An empty binary frame can make Deepgram close the stream: never send one.
-                if samples.is_empty() {
-                    return;
+                // An empty binary frame can make Deepgram close the stream: none is sent.
+                if send_pcm16_binary(&samples, out) {
+                    self.audio_since_keepalive_check = true;
                 }
-                out.send(WsFrame::Binary(pcm16_le_bytes(&samples)));
-                self.audio_since_keepalive_check = true;
             }
             // Speech-to-text has no place for a key press.
             ProviderCommand::Dtmf { .. } => {}
@@ -416,7 +414,9 @@ impl ProviderAdapter for DeepgramAdapter {
 mod tests {
     use serde_json::{Value, json};
 
-    use super::super::wire::testing::{decode_ok, events_and_ignored, text_json};
+    use super::super::wire::testing::{
+        GOLDEN_PCM16_LE, GOLDEN_SAMPLES, assert_bad_frame, decode_ok, events_and_ignored, text_json,
+    };
     use super::*;
 
     fn settings() -> DeepgramSettings {
@@ -491,16 +491,8 @@ mod tests {
         assert!(out.frames().is_empty());
         out.clear();
 
-        adapter.encode(
-            ProviderCommand::Audio(vec![0, 1, -1, i16::MAX, i16::MIN, 0x1234]),
-            &mut out,
-        );
-        assert_eq!(
-            out.frames(),
-            &[WsFrame::Binary(vec![
-                0, 0, 1, 0, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x80, 0x34, 0x12
-            ])]
-        );
+        adapter.encode(ProviderCommand::Audio(GOLDEN_SAMPLES.to_vec()), &mut out);
+        assert_eq!(out.frames(), &[WsFrame::Binary(GOLDEN_PCM16_LE.to_vec())]);
         out.clear();
 
         // Audio flowed during this interval: no KeepAlive.
@@ -627,14 +619,7 @@ mod tests {
             ),
         ];
         for (frame, detail) in cases {
-            let mut out = AdapterOutput::new();
-            let err = adapter.decode(frame, &mut out).unwrap_err();
-            assert!(!err.is_fatal() && !err.is_retryable(), "{err}");
-            assert_eq!(
-                err.to_string(),
-                format!("provider protocol violation: {detail}")
-            );
-            assert!(out.events().is_empty());
+            assert_bad_frame(&mut adapter, frame, detail);
         }
         // Results whose channel is an array (the SpeechStarted shape) is a bad frame too.
         let mut out = AdapterOutput::new();

@@ -55,6 +55,7 @@ impl ProviderAdapter for EchoAdapter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::testing::close_code;
     use super::*;
 
     /// Sans-IO: ready on open, every frame comes back unchanged as an event (no frame goes
@@ -72,9 +73,6 @@ mod tests {
             &[ProviderEvent::Ready, ProviderEvent::Audio(vec![1, -2, 3])]
         );
         assert!(out.frames().is_empty());
-        assert_eq!(
-            out.close_request().map(|close| close.code),
-            Some(CLOSE_NORMAL)
-        );
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
     }
 }

@@ -70,10 +70,11 @@
 //!
 //! # Allocation
 //!
-//! As for [`openai`](super::openai), with the same shared wire helpers (base64 PCM16, lenient
-//! JSON, URLs, error clipping): one exact-size `String` per audio frame sent, one `Vec<i16>` per audio event received, the PCM
-//! bytes in a buffer kept across frames, the JSON parsed borrowing from the frame. `Debug`
-//! shows neither the key, the signed URL's signature, nor any audio or text.
+//! As for [`openai`](super::openai), through the same shared wire helpers (base64 PCM16,
+//! lenient JSON, URLs, error clipping): one exact-size `String` per audio frame sent, one
+//! `Vec<i16>` per audio event received, the PCM bytes in a buffer kept across frames, the JSON
+//! parsed borrowing from the frame. `Debug` shows neither the key, the signed URL's signature,
+//! nor any audio or text.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -329,10 +330,8 @@ impl ProviderAdapter for ElevenLabsAdapter {
     fn encode(&mut self, command: ProviderCommand, out: &mut AdapterOutput) {
         match command {
             ProviderCommand::Audio(samples) => {
-                if !samples.is_empty() {
-                    let text = self.pcm.message(CHUNK_PREFIX, &samples, CHUNK_SUFFIX);
-                    out.send(WsFrame::Text(text));
-                }
+                self.pcm
+                    .send_text(CHUNK_PREFIX, &samples, CHUNK_SUFFIX, out);
             }
             // The agent protocol has no message for key presses.
             ProviderCommand::Dtmf { .. } => {}
@@ -540,7 +539,10 @@ type LenientId = Lenient<u64>;
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::testing::{decode_err_output, decode_ok, sent_json};
+    use super::super::wire::testing::{
+        GOLDEN_B64, GOLDEN_SAMPLES, close_code, decode_err_output, decode_ok, opened,
+        sent_audio_json, sent_json,
+    };
     use super::*;
 
     const KEY: &str = "xi-SECRET-key";
@@ -564,13 +566,7 @@ mod tests {
 
     /// An adapter that has had its metadata.
     fn ready_adapter() -> ElevenLabsAdapter {
-        let mut adapter = ElevenLabsAdapter::new(settings());
-        let mut out = AdapterOutput::new();
-        adapter.on_open(&mut out);
-        adapter
-            .decode(WsFrameRef::Text(METADATA), &mut out)
-            .unwrap();
-        adapter
+        opened(ElevenLabsAdapter::new(settings()), METADATA)
     }
 
     /// Decodes `text`, expecting an error and no events or frames; returns the error.
@@ -626,10 +622,7 @@ mod tests {
                 &mut out,
             )
             .unwrap();
-        adapter.encode(
-            ProviderCommand::Audio(vec![0, 1, -1, i16::MAX, i16::MIN, 0x1234]),
-            &mut out,
-        );
+        adapter.encode(ProviderCommand::Audio(GOLDEN_SAMPLES.to_vec()), &mut out);
         adapter.encode(ProviderCommand::Dtmf { digit: '#' }, &mut out);
         adapter.encode(ProviderCommand::Audio(Vec::new()), &mut out);
         adapter
@@ -646,7 +639,7 @@ mod tests {
             sent_json(&out),
             vec![
                 json!({"type": "pong", "event_id": 12}),
-                json!({"user_audio_chunk": "AAABAP///38AgDQS"}),
+                json!({"user_audio_chunk": GOLDEN_B64}),
                 json!({
                     "type": "client_tool_result",
                     "tool_call_id": "call_1",
@@ -660,10 +653,7 @@ mod tests {
 
         adapter.encode(ProviderCommand::Finish, &mut out);
         assert!(out.frames().is_empty() && out.events().is_empty());
-        assert_eq!(
-            out.close_request().map(|close| close.code),
-            Some(CLOSE_NORMAL)
-        );
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
     }
 
     /// With nothing configured, the initiation message has the SDKs' empty objects only.
@@ -999,13 +989,7 @@ mod tests {
     fn audio_round_trip() {
         let mut adapter = ready_adapter();
         let samples: Vec<i16> = (0..320).map(|i: i16| i.wrapping_mul(-211)).collect();
-        let mut out = AdapterOutput::new();
-        adapter.encode(ProviderCommand::Audio(samples.clone()), &mut out);
-        let [WsFrame::Text(text)] = out.frames() else {
-            panic!("one text frame per audio frame");
-        };
-        assert_eq!(text.len(), text.capacity(), "the message is allocated once");
-        let sent: Value = serde_json::from_str(text).unwrap();
+        let sent = sent_audio_json(&mut adapter, &samples);
         let echo = json!({
             "type": "audio",
             "audio_event": {"audio_base_64": sent["user_audio_chunk"], "event_id": 30},

@@ -549,13 +549,8 @@ impl ProviderAdapter for GeminiAdapter {
         }
         match command {
             ProviderCommand::Audio(samples) => {
-                if samples.is_empty() {
-                    return;
-                }
-                let text = self
-                    .pcm
-                    .message(AUDIO_MESSAGE_START, &samples, AUDIO_MESSAGE_END);
-                out.send(WsFrame::Text(text));
+                self.pcm
+                    .send_text(AUDIO_MESSAGE_START, &samples, AUDIO_MESSAGE_END, out);
             }
             // Gemini Live has no place for a key press.
             ProviderCommand::Dtmf { .. } => {}
@@ -679,7 +674,10 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose;
 
-    use super::super::wire::testing::{b64_pcm, decode_frame_ok, events_and_ignored, text_json};
+    use super::super::wire::testing::{
+        GOLDEN_B64, GOLDEN_SAMPLES, assert_bad_frame, b64_pcm, close_code, decode_frame_ok,
+        events_and_ignored, text_json,
+    };
     use super::*;
 
     fn settings() -> GeminiSettings {
@@ -790,10 +788,7 @@ mod tests {
             (vec![], 0)
         );
 
-        adapter.encode(
-            ProviderCommand::Audio(vec![0, 1, -1, i16::MAX, i16::MIN, 0x1234]),
-            &mut out,
-        );
+        adapter.encode(ProviderCommand::Audio(GOLDEN_SAMPLES.to_vec()), &mut out);
         adapter.encode(ProviderCommand::Audio(vec![7]), &mut out);
         adapter.encode(ProviderCommand::Audio(Vec::new()), &mut out);
         adapter.encode(ProviderCommand::Dtmf { digit: '#' }, &mut out);
@@ -802,18 +797,14 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                // 00 00 01 00 ff ff ff 7f 00 80 34 12
                 json!({"realtimeInput": {"audio": {
-                    "mimeType": "audio/pcm;rate=16000", "data": "AAABAP///38AgDQS"}}}),
+                    "mimeType": "audio/pcm;rate=16000", "data": GOLDEN_B64}}}),
                 json!({"realtimeInput": {"audio": {
                     "mimeType": "audio/pcm;rate=16000", "data": "BwA="}}}),
                 json!({"realtimeInput": {"audioStreamEnd": true}}),
             ]
         );
-        assert_eq!(
-            out.close_request().map(|close| close.code),
-            Some(CLOSE_NORMAL)
-        );
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
         out.clear();
         adapter.encode(ProviderCommand::Audio(vec![1, 2]), &mut out);
         assert!(out.frames().is_empty(), "nothing after Finish");
@@ -997,14 +988,7 @@ mod tests {
             ),
         ];
         for (frame, detail) in cases {
-            let mut out = AdapterOutput::new();
-            let err = adapter.decode(frame, &mut out).unwrap_err();
-            assert!(!err.is_fatal() && !err.is_retryable(), "{err}");
-            assert_eq!(
-                err.to_string(),
-                format!("provider protocol violation: {detail}")
-            );
-            assert!(out.events().is_empty(), "{detail}");
+            assert_bad_frame(&mut adapter, frame, detail);
         }
 
         let mixed = format!(

@@ -43,14 +43,18 @@ pub fn adapter_for(spec: &ProviderSpec) -> Box<dyn ProviderAdapter> {
         ProviderKind::WsPcm { url } => {
             Box::new(ws_pcm::WsPcmAdapter::new(url.clone(), spec.sample_rate))
         }
-        ProviderKind::OpenAi(settings) => Box::new(openai::OpenAiAdapter::new(settings.clone())),
+        ProviderKind::OpenAi(settings) => {
+            Box::new(openai::OpenAiAdapter::new((**settings).clone()))
+        }
         ProviderKind::Deepgram(settings) => {
-            Box::new(deepgram::DeepgramAdapter::new(settings.clone()))
+            Box::new(deepgram::DeepgramAdapter::new((**settings).clone()))
         }
         ProviderKind::ElevenLabs(settings) => {
-            Box::new(elevenlabs::ElevenLabsAdapter::new(settings.clone()))
+            Box::new(elevenlabs::ElevenLabsAdapter::new((**settings).clone()))
         }
-        ProviderKind::Gemini(settings) => Box::new(gemini::GeminiAdapter::new(settings.clone())),
+        ProviderKind::Gemini(settings) => {
+            Box::new(gemini::GeminiAdapter::new((**settings).clone()))
+        }
     }
 }
 
@@ -114,7 +118,8 @@ pub struct ProviderSpec {
     pub kind: ProviderKind,
 }
 
-/// The provider kinds voxroute speaks.
+/// The provider kinds voxroute speaks. The hosted providers' settings are boxed: they are
+/// large, and a spec travels in session messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProviderKind {
@@ -126,11 +131,11 @@ pub enum ProviderKind {
         url: String,
     },
     /// OpenAI Realtime.
-    OpenAi(openai::OpenAiSettings),
+    OpenAi(Box<openai::OpenAiSettings>),
     /// Deepgram live transcription.
-    Deepgram(deepgram::DeepgramSettings),
+    Deepgram(Box<deepgram::DeepgramSettings>),
     /// ElevenLabs Agents conversation.
-    ElevenLabs(elevenlabs::ElevenLabsSettings),
+    ElevenLabs(Box<elevenlabs::ElevenLabsSettings>),
     /// Gemini Live.
-    Gemini(gemini::GeminiSettings),
+    Gemini(Box<gemini::GeminiSettings>),
 }

@@ -311,10 +311,8 @@ impl ProviderAdapter for OpenAiAdapter {
     fn encode(&mut self, command: ProviderCommand, out: &mut AdapterOutput) {
         match command {
             ProviderCommand::Audio(samples) => {
-                if !samples.is_empty() {
-                    let text = self.pcm.message(APPEND_PREFIX, &samples, APPEND_SUFFIX);
-                    out.send(WsFrame::Text(text));
-                }
+                self.pcm
+                    .send_text(APPEND_PREFIX, &samples, APPEND_SUFFIX, out);
             }
             // A Realtime WebSocket client has no event for key presses.
             ProviderCommand::Dtmf { .. } => {}
@@ -495,7 +493,10 @@ impl ErrorDetails {
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::testing::{decode_err, decode_ok, sent_json};
+    use super::super::wire::testing::{
+        GOLDEN_B64, GOLDEN_SAMPLES, close_code, decode_err, decode_ok, opened, sent_audio_json,
+        sent_json,
+    };
     use super::*;
 
     const KEY: &str = "sk-test-SECRET";
@@ -510,13 +511,7 @@ mod tests {
 
     /// An adapter that has had its `session.created`.
     fn ready_adapter() -> OpenAiAdapter {
-        let mut adapter = OpenAiAdapter::new(settings());
-        let mut out = AdapterOutput::new();
-        adapter.on_open(&mut out);
-        adapter
-            .decode(WsFrameRef::Text(SESSION_CREATED), &mut out)
-            .unwrap();
-        adapter
+        opened(OpenAiAdapter::new(settings()), SESSION_CREATED)
     }
 
     const SESSION_CREATED: &str = r#"{"type": "session.created", "event_id": "event_0",
@@ -568,25 +563,19 @@ mod tests {
         assert!(out.frames().is_empty());
         out.clear();
 
-        adapter.encode(
-            ProviderCommand::Audio(vec![0, 1, -1, i16::MAX, i16::MIN, 0x1234]),
-            &mut out,
-        );
+        adapter.encode(ProviderCommand::Audio(GOLDEN_SAMPLES.to_vec()), &mut out);
         adapter.encode(ProviderCommand::Dtmf { digit: '5' }, &mut out);
         adapter.encode(ProviderCommand::Audio(Vec::new()), &mut out);
         assert_eq!(
             sent_json(&out),
-            vec![json!({"type": "input_audio_buffer.append", "audio": "AAABAP///38AgDQS"})]
+            vec![json!({"type": "input_audio_buffer.append", "audio": GOLDEN_B64})]
         );
         assert!(out.close_request().is_none());
         out.clear();
 
         adapter.encode(ProviderCommand::Finish, &mut out);
         assert!(out.frames().is_empty() && out.events().is_empty());
-        assert_eq!(
-            out.close_request().map(|close| close.code),
-            Some(CLOSE_NORMAL)
-        );
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
     }
 
     /// Without instructions and transcription, `session.update` leaves both out (the server
@@ -1005,13 +994,7 @@ mod tests {
     fn audio_round_trip() {
         let mut adapter = ready_adapter();
         let samples: Vec<i16> = (0..480).map(|i: i16| i.wrapping_mul(137)).collect();
-        let mut out = AdapterOutput::new();
-        adapter.encode(ProviderCommand::Audio(samples.clone()), &mut out);
-        let [WsFrame::Text(text)] = out.frames() else {
-            panic!("one text frame per audio frame");
-        };
-        assert_eq!(text.len(), text.capacity(), "the message is allocated once");
-        let sent: Value = serde_json::from_str(text).unwrap();
+        let sent = sent_audio_json(&mut adapter, &samples);
         let b64 = sent["audio"].as_str().unwrap();
         let echo = json!({
             "type": "response.output_audio.delta", "event_id": "event_1",

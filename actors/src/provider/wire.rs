@@ -6,7 +6,8 @@
 //! - **PCM16 little-endian** to and from `i16` samples ([`extend_pcm16_le`],
 //!   [`pcm16_le_bytes`], [`pcm16_le_samples`]), and the same through **base64**
 //!   ([`Base64Pcm16`], with the one base64 engine [`BASE64`]: standard alphabet, padded on
-//!   output, padding optional on input);
+//!   output, padding optional on input); audio frames out, as binary
+//!   ([`send_pcm16_binary`]) or as base64 in a JSON text frame ([`Base64Pcm16::send_text`]);
 //! - **URLs**: percent-encoding of query values ([`push_query_value`]), a base URL with one
 //!   query parameter added ([`url_with_query`]) or a path appended ([`url_with_path`]), and
 //!   a `Debug` view that hides the query string ([`ShowUrl`]);
@@ -29,6 +30,9 @@
 //!   connection and reuse it for every frame: its buffer grows to the largest chunk seen, then
 //!   stays. Each audio call then allocates only what leaves the adapter (the message, or the
 //!   event's samples), at its exact size.
+//! - **No empty audio frame goes out.** [`send_pcm16_binary`] and [`Base64Pcm16::send_text`]
+//!   send nothing for no samples (Deepgram may take an empty frame as the end of the stream;
+//!   the others have no use for one); send audio through them.
 //! - **Leniency is a per-field choice.** Only fields declared [`Lenient`] forgive a wrong
 //!   JSON type; a plain `String` or `bool` field still fails the frame, and some adapters rely
 //!   on that (their "unexpected shape" errors).
@@ -43,15 +47,14 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::ProviderEvent;
-use super::adapter::{AdapterOutput, CLOSE_NORMAL, ProviderError};
+use super::adapter::{
+    AdapterOutput, Endpoint, ProviderAdapter, ProviderError, WsFrame, WsFrameRef,
+};
+use super::{ProviderCommand, ProviderEvent};
 
 /// Longest provider error message passed on, in bytes; longer ones are cut at a character
 /// boundary (they go to the caller's `error` event and to the logs).
 pub(super) const MAX_ERROR_MESSAGE_BYTES: usize = 300;
-
-// ---------------------------------------------------------------------------------------------
-// PCM16 little-endian
 
 /// Appends `samples` to `bytes` as PCM16 little-endian (two bytes a sample).
 pub(super) fn extend_pcm16_le(bytes: &mut Vec<u8>, samples: &[i16]) {
@@ -67,6 +70,17 @@ pub(super) fn pcm16_le_bytes(samples: &[i16]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(samples.len() * 2);
     extend_pcm16_le(&mut bytes, samples);
     bytes
+}
+
+/// Sends `samples` as one binary frame of PCM16 little-endian (allocated once, at its exact
+/// size), or nothing when there are none: an empty audio frame is never sent (some providers
+/// take one as the end of the stream). Returns whether a frame went out.
+pub(super) fn send_pcm16_binary(samples: &[i16], out: &mut AdapterOutput) -> bool {
+    if samples.is_empty() {
+        return false;
+    }
+    out.send(WsFrame::Binary(pcm16_le_bytes(samples)));
+    true
 }
 
 /// Bytes that cannot be PCM16: their number is odd.
@@ -85,9 +99,6 @@ pub(super) fn pcm16_le_samples(bytes: &[u8]) -> Result<Vec<i16>, OddLength> {
     }
     Ok(pairs.iter().map(|&pair| i16::from_le_bytes(pair)).collect())
 }
-
-// ---------------------------------------------------------------------------------------------
-// Base64 PCM16
 
 /// Standard alphabet, padded on output; on input, padding is optional (proto3 JSON and most
 /// encoders pad, some do not; accepting both costs nothing).
@@ -134,10 +145,24 @@ impl Base64Pcm16 {
         }
     }
 
-    /// `prefix`, the base64 of `samples` as PCM16 little-endian, then `suffix`, in a `String`
-    /// allocated once at its exact length. `prefix` and `suffix` are JSON around a string
+    /// Sends `prefix`, the base64 of `samples` as PCM16 little-endian, then `suffix`, as one
+    /// text frame allocated once at its exact length; nothing when there are no samples (an
+    /// empty audio frame is never sent). `prefix` and `suffix` are JSON around a string
     /// value; base64 needs no escaping.
-    pub(super) fn message(&mut self, prefix: &str, samples: &[i16], suffix: &str) -> String {
+    pub(super) fn send_text(
+        &mut self,
+        prefix: &str,
+        samples: &[i16],
+        suffix: &str,
+        out: &mut AdapterOutput,
+    ) {
+        if !samples.is_empty() {
+            out.send(WsFrame::Text(self.message(prefix, samples, suffix)));
+        }
+    }
+
+    /// The text [`send_text`](Self::send_text) sends, for any number of samples.
+    fn message(&mut self, prefix: &str, samples: &[i16], suffix: &str) -> String {
         self.bytes.clear();
         extend_pcm16_le(&mut self.bytes, samples);
         // `None` only if the length overflows `usize`, which a frame in memory cannot; 0 is
@@ -163,9 +188,6 @@ impl Base64Pcm16 {
         pcm16_le_samples(&self.bytes).map_err(|OddLength| AudioError::OddLength)
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// URLs
 
 /// Appends `value` percent-encoded for a query string: RFC 3986 unreserved characters
 /// (`A`–`Z`, `a`–`z`, `0`–`9`, `-`, `.`, `_`, `~`) stay, every other byte becomes `%XX`
@@ -224,9 +246,6 @@ impl fmt::Debug for ShowUrl<'_> {
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Lenient JSON fields
 
 /// A JSON field read leniently: `Some` when the value is of a kind `T` accepts (see
 /// [`LenientValue`]), `None` for any other JSON value (which is skipped without allocating)
@@ -359,9 +378,6 @@ impl<'de, T: LenientValue<'de>> Deserialize<'de> for Lenient<T> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Errors and events
-
 /// `text`, cut to at most `max_bytes` at a character boundary.
 pub(super) fn clip(text: &str, max_bytes: usize) -> String {
     let mut end = text.len().min(max_bytes);
@@ -371,18 +387,39 @@ pub(super) fn clip(text: &str, max_bytes: usize) -> String {
     text[..end].to_owned()
 }
 
-/// The default close rule of [`ProviderAdapter::on_close`](super::ProviderAdapter::on_close),
-/// for adapters that explain some closes first and fall back to it: [`CLOSE_NORMAL`] or no
-/// code is the end of the conversation; any other code is a retryable
-/// [`ProviderError::Closed`] carrying `reason`.
+/// The default close rule of [`ProviderAdapter::on_close`], for adapters that explain some
+/// closes first and fall back to it: a normal close (1000) or none is the end of the
+/// conversation; any other code is a retryable [`ProviderError::Closed`] carrying `reason`.
+///
+/// It is the trait's own default body, reached through [`DefaultClose`] (Rust has no way to
+/// call a default method from an override), so the two cannot drift apart. That default
+/// writes nothing to its output, so it gets an empty one of its own (no allocation) and
+/// callers need not pass theirs.
 pub(super) fn default_on_close(code: Option<u16>, reason: &str) -> Result<(), ProviderError> {
-    match code {
-        None | Some(CLOSE_NORMAL) => Ok(()),
-        Some(_) => Err(ProviderError::Closed {
-            code,
-            reason: reason.to_owned(),
-            source: None,
-        }),
+    let mut unused = AdapterOutput::new();
+    let result = DefaultClose.on_close(code, reason, &mut unused);
+    debug_assert!(
+        unused.frames().is_empty()
+            && unused.events().is_empty()
+            && unused.close_request().is_none(),
+        "the default on_close has started to produce output: pass the caller's through"
+    );
+    result
+}
+
+/// An adapter that overrides nothing but what the trait requires: the carrier of the trait's
+/// default [`on_close`](ProviderAdapter::on_close) for [`default_on_close`]. Never connected.
+struct DefaultClose;
+
+impl ProviderAdapter for DefaultClose {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::InProcess
+    }
+
+    fn encode(&mut self, _: ProviderCommand, _: &mut AdapterOutput) {}
+
+    fn decode(&mut self, _: WsFrameRef<'_>, _: &mut AdapterOutput) -> Result<(), ProviderError> {
+        Ok(())
     }
 }
 
@@ -407,10 +444,19 @@ pub(crate) mod testing {
     use base64::engine::general_purpose;
     use serde_json::Value;
 
-    use super::super::ProviderEvent;
     use super::super::adapter::{
         AdapterOutput, ProviderAdapter, ProviderError, WsFrame, WsFrameRef,
     };
+    use super::super::{ProviderCommand, ProviderEvent};
+
+    /// The samples the adapters' golden tests send: zero, ±1, both extremes, and a value whose
+    /// two bytes differ (byte order).
+    pub(crate) const GOLDEN_SAMPLES: [i16; 6] = [0, 1, -1, i16::MAX, i16::MIN, 0x1234];
+    /// [`GOLDEN_SAMPLES`] as PCM16 little-endian.
+    pub(crate) const GOLDEN_PCM16_LE: [u8; 12] =
+        [0, 0, 1, 0, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x80, 0x34, 0x12];
+    /// [`GOLDEN_PCM16_LE`] in padded standard base64.
+    pub(crate) const GOLDEN_B64: &str = "AAABAP///38AgDQS";
 
     /// The JSON of an outbound frame, which must be a text frame.
     pub(crate) fn text_json(frame: &WsFrame) -> Value {
@@ -423,6 +469,32 @@ pub(crate) mod testing {
     /// The JSON of every frame in `out`, which must all be text.
     pub(crate) fn sent_json(out: &AdapterOutput) -> Vec<Value> {
         out.frames().iter().map(text_json).collect()
+    }
+
+    /// `adapter` after `on_open` and the provider's `reply` to it (its setup acknowledgement),
+    /// which must be accepted.
+    pub(crate) fn opened<A: ProviderAdapter>(mut adapter: A, reply: &str) -> A {
+        let mut out = AdapterOutput::new();
+        adapter.on_open(&mut out);
+        adapter.decode(WsFrameRef::Text(reply), &mut out).unwrap();
+        adapter
+    }
+
+    /// The JSON of the one text frame `adapter` sends for `samples`, which must be allocated
+    /// once, at its exact size.
+    pub(crate) fn sent_audio_json(adapter: &mut impl ProviderAdapter, samples: &[i16]) -> Value {
+        let mut out = AdapterOutput::new();
+        adapter.encode(ProviderCommand::Audio(samples.to_vec()), &mut out);
+        let [WsFrame::Text(text)] = out.frames() else {
+            panic!("one text frame per audio frame");
+        };
+        assert_eq!(text.len(), text.capacity(), "the message is allocated once");
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// The close code `out` asks for, if it asks for a close.
+    pub(crate) fn close_code(out: &AdapterOutput) -> Option<u16> {
+        out.close_request().map(|close| close.code)
     }
 
     /// Decodes `frame`, expecting success; returns what it produced.
@@ -461,6 +533,23 @@ pub(crate) mod testing {
         decode_err_output(adapter, text).0
     }
 
+    /// Decodes `frame`, expecting a non-fatal, non-retryable protocol violation reading
+    /// `detail`, and no events.
+    pub(crate) fn assert_bad_frame(
+        adapter: &mut impl ProviderAdapter,
+        frame: WsFrameRef<'_>,
+        detail: &str,
+    ) {
+        let mut out = AdapterOutput::new();
+        let err = adapter.decode(frame, &mut out).unwrap_err();
+        assert!(!err.is_fatal() && !err.is_retryable(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("provider protocol violation: {detail}")
+        );
+        assert!(out.events().is_empty(), "{detail}");
+    }
+
     /// The events in `out` and how many frames it ignored.
     pub(crate) fn events_and_ignored(out: &AdapterOutput) -> (Vec<ProviderEvent>, u64) {
         (out.events().to_vec(), out.ignored())
@@ -483,12 +572,13 @@ mod tests {
     /// Samples leave as exact little-endian bytes, extremes included, and come back the same.
     #[test]
     fn pcm16_round_trip() {
-        let samples = [0, 1, -1, i16::MAX, i16::MIN, 0x1234];
+        let samples = testing::GOLDEN_SAMPLES;
         let bytes = pcm16_le_bytes(&samples);
         assert_eq!(
             bytes,
             [0, 0, 1, 0, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x80, 0x34, 0x12]
         );
+        assert_eq!(bytes, testing::GOLDEN_PCM16_LE);
         assert_eq!(bytes.len(), bytes.capacity(), "allocated once, exactly");
         assert_eq!(pcm16_le_samples(&bytes), Ok(samples.to_vec()));
 
@@ -521,6 +611,7 @@ mod tests {
             r#""}"#,
         );
         assert_eq!(text, r#"{"a":"AAABAP///38AgDQS"}"#);
+        assert_eq!(testing::GOLDEN_B64, "AAABAP///38AgDQS");
         assert_eq!(text.len(), text.capacity());
         assert_eq!(pcm.message("", &[7], ""), "BwA=");
         assert_eq!(pcm.message("<", &[], ">"), "<>");
@@ -584,34 +675,39 @@ mod tests {
         }
     }
 
-    /// A parameter joins with `?` or `&`, an http(s) scheme becomes ws(s), a ws(s) one stays.
+    /// A parameter joins with `?` or `&`, an http(s) scheme becomes ws(s), a ws(s) one stays;
+    /// a path goes after the base's trailing slashes, the scheme untouched.
     #[test]
     fn urls_with_query_and_path() {
-        assert_eq!(
-            url_with_query("wss://api.test/v1/rt", "model", "gpt-realtime"),
-            "wss://api.test/v1/rt?model=gpt-realtime"
-        );
-        assert_eq!(
-            url_with_query("https://proxy.test/rt?token=abc", "model", "my model/1"),
-            "wss://proxy.test/rt?token=abc&model=my%20model%2F1"
-        );
-        assert_eq!(
-            url_with_query("http://127.0.0.1:9/x", "agent_id", "a&b"),
-            "ws://127.0.0.1:9/x?agent_id=a%26b"
-        );
-        assert_eq!(
-            url_with_query("ws://local.test", "id", ""),
-            "ws://local.test?id="
-        );
-
-        assert_eq!(
-            url_with_path("wss://dg.test//", "/v1/listen"),
-            "wss://dg.test/v1/listen"
-        );
-        assert_eq!(
-            url_with_path("https://keep.test", "/p"),
-            "https://keep.test/p"
-        );
+        for (base, name, value, url) in [
+            (
+                "wss://a.test/rt",
+                "model",
+                "gpt-realtime",
+                "wss://a.test/rt?model=gpt-realtime",
+            ),
+            (
+                "https://p.test/rt?t=1",
+                "model",
+                "m o/1",
+                "wss://p.test/rt?t=1&model=m%20o%2F1",
+            ),
+            (
+                "http://127.0.0.1:9/x",
+                "agent_id",
+                "a&b",
+                "ws://127.0.0.1:9/x?agent_id=a%26b",
+            ),
+            ("ws://local.test", "id", "", "ws://local.test?id="),
+        ] {
+            assert_eq!(url_with_query(base, name, value), url, "{base}");
+        }
+        for (base, path, url) in [
+            ("wss://dg.test//", "/v1/listen", "wss://dg.test/v1/listen"),
+            ("https://keep.test", "/p", "https://keep.test/p"),
+        ] {
+            assert_eq!(url_with_path(base, path), url, "{base}");
+        }
     }
 
     /// `ShowUrl` hides the query string and only it.
@@ -707,13 +803,31 @@ mod tests {
     /// failure that keeps the reason.
     #[test]
     fn default_close_rule() {
-        assert!(default_on_close(Some(CLOSE_NORMAL), "bye").is_ok());
+        assert!(default_on_close(Some(1000), "bye").is_ok());
         assert!(default_on_close(None, "").is_ok());
         let err = default_on_close(Some(1011), "overloaded").unwrap_err();
         assert!(err.is_fatal() && err.is_retryable());
         assert_eq!(
             err.to_string(),
             "the provider closed the connection (code 1011: overloaded)"
+        );
+    }
+
+    /// Audio goes out as one frame of the right kind, and never as an empty one.
+    #[test]
+    fn audio_frames_are_never_empty() {
+        let mut out = AdapterOutput::new();
+        assert!(!send_pcm16_binary(&[], &mut out));
+        Base64Pcm16::default().send_text("[", &[], "]", &mut out);
+        assert!(out.frames().is_empty());
+        assert!(send_pcm16_binary(&[0x0102], &mut out));
+        Base64Pcm16::default().send_text(r#"[""#, &[7], r#""]"#, &mut out);
+        assert_eq!(
+            out.frames(),
+            &[
+                WsFrame::Binary(vec![2, 1]),
+                WsFrame::Text(r#"["BwA="]"#.into())
+            ]
         );
     }
 
@@ -739,8 +853,8 @@ mod tests {
     #[test]
     fn testing_reads_outbound_json() {
         let mut out = AdapterOutput::new();
-        out.send(super::super::adapter::WsFrame::Text(r#"{"a": 1}"#.into()));
-        out.send(super::super::adapter::WsFrame::Text("[]".into()));
+        out.send(WsFrame::Text(r#"{"a": 1}"#.into()));
+        out.send(WsFrame::Text("[]".into()));
         assert_eq!(testing::sent_json(&out), vec![json!({"a": 1}), json!([])]);
     }
 }

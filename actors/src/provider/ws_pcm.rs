@@ -34,7 +34,7 @@ use super::adapter::{
     AdapterOutput, CLOSE_NORMAL, ConnectRequest, Endpoint, ProviderAdapter, ProviderError, WsFrame,
     WsFrameRef,
 };
-use super::wire::{OddLength, pcm16_le_bytes, pcm16_le_samples};
+use super::wire::{OddLength, pcm16_le_samples, send_pcm16_binary};
 use super::{ProviderCommand, ProviderEvent};
 
 /// Upgrade-request header telling a ws-pcm server the sample rate of the PCM16 both ways.
@@ -83,10 +83,7 @@ impl ProviderAdapter for WsPcmAdapter {
     fn encode(&mut self, command: ProviderCommand, out: &mut AdapterOutput) {
         match command {
             ProviderCommand::Audio(samples) => {
-                if samples.is_empty() {
-                    return;
-                }
-                out.send(WsFrame::Binary(pcm16_le_bytes(&samples)));
+                send_pcm16_binary(&samples, out);
             }
             ProviderCommand::Dtmf { digit } => {
                 let mut text = String::with_capacity(32);
@@ -129,6 +126,7 @@ impl ProviderAdapter for WsPcmAdapter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::testing::{GOLDEN_PCM16_LE, GOLDEN_SAMPLES, close_code};
     use super::*;
 
     fn adapter() -> WsPcmAdapter {
@@ -139,20 +137,11 @@ mod tests {
     #[test]
     fn encode_is_pcm16_little_endian() {
         let mut out = AdapterOutput::new();
-        adapter().encode(
-            ProviderCommand::Audio(vec![0, 1, -1, i16::MAX, i16::MIN, 0x1234]),
-            &mut out,
-        );
-        assert_eq!(
-            out.frames(),
-            &[WsFrame::Binary(vec![
-                0, 0, 1, 0, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x80, 0x34, 0x12
-            ])]
-        );
+        adapter().encode(ProviderCommand::Audio(GOLDEN_SAMPLES.to_vec()), &mut out);
+        assert_eq!(out.frames(), &[WsFrame::Binary(GOLDEN_PCM16_LE.to_vec())]);
         assert!(out.events().is_empty());
     }
 
-    /// Encoding then decoding gives back the same samples (the codec is its own inverse).
     /// A caller's key press reaches the server as the documented JSON text frame.
     #[test]
     fn dtmf_is_a_json_text_frame() {
@@ -164,6 +153,7 @@ mod tests {
         );
     }
 
+    /// Encoding then decoding gives back the same samples (the codec is its own inverse).
     #[test]
     fn decode_inverts_encode() {
         let samples: Vec<i16> = (-320..320).map(|i: i16| i.wrapping_mul(97)).collect();
@@ -230,10 +220,7 @@ mod tests {
         let mut out = AdapterOutput::new();
         adapter().encode(ProviderCommand::Finish, &mut out);
         assert!(out.frames().is_empty());
-        assert_eq!(
-            out.close_request().map(|close| close.code),
-            Some(CLOSE_NORMAL)
-        );
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
     }
 
     /// The endpoint is the configured URL, with the rate announced in a header.
