@@ -114,6 +114,23 @@ pub struct ServeArgs {
     /// next start replays them (relative to the working directory).
     #[arg(long, env = "VOXROUTE_SPOOL_FILE", default_value = crate::spool::DEFAULT_SPOOL_FILE)]
     pub spool_file: PathBuf,
+    /// On SIGTERM/SIGINT, how long live sessions may go on (new ones are refused) before they
+    /// are ended with `SHUTDOWN`, in seconds.
+    #[arg(long, env = "VOXROUTE_DRAIN_GRACE_SECS", default_value_t = 30)]
+    pub drain_grace_secs: u64,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, env = "VOXROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line, with the session span's fields.
+    Json,
 }
 
 /// `voxroute keys ...`.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::health::HealthConfig;
 use crate::limits::LimitsConfig;
 use crate::routing::{DEFAULT_ROUTE, ProviderConfig, RouteConfig};
 
@@ -34,6 +35,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `[limits]`: per-key rate of new sessions.
     pub limits: LimitsConfig,
+    /// `[health]`: when a failing provider is skipped (circuit breaker), for every route.
+    pub health: HealthConfig,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
             limits: LimitsConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -168,6 +172,7 @@ impl Config {
         if self.session.idle_timeout_secs == 0 {
             return Err("session.idle_timeout_secs must be at least 1".to_owned());
         }
+        self.health.validate()?;
         self.limits.validate()
     }
 }
@@ -216,9 +221,16 @@ mod tests {
             .map(|line| {
                 let bare = line.strip_prefix("# ").unwrap_or(line);
                 let table = bare.starts_with("[providers.") || bare.starts_with("[routes.");
-                let key = ["kind = ", "url = ", "sample_rate_hz = ", "providers = "]
-                    .iter()
-                    .any(|k| bare.starts_with(k));
+                let key = [
+                    "kind = ",
+                    "url = ",
+                    "sample_rate_hz = ",
+                    "providers = ",
+                    "policy = ",
+                    "weights = ",
+                ]
+                .iter()
+                .any(|k| bare.starts_with(k));
                 if table || key { bare } else { line }
             })
             .collect::<Vec<_>>()

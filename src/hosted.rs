@@ -216,14 +216,14 @@ pub fn build(
             refuse("language", &options.language)?;
             refuse("agent_id", &options.agent_id)?;
             let defaults = OpenAiSettings::default();
-            ProviderKind::OpenAi(OpenAiSettings {
+            ProviderKind::OpenAi(Box::new(OpenAiSettings {
                 base_url: format!("{base}/v1/realtime"),
                 api_key,
                 model: options.model.clone().unwrap_or(defaults.model),
                 voice: options.voice.clone().unwrap_or(defaults.voice),
                 instructions: options.instructions.clone(),
                 transcription_model: defaults.transcription_model,
-            })
+            }))
         }
         Hosted::Deepgram => {
             refuse("voice", &options.voice)?;
@@ -235,7 +235,7 @@ pub fn build(
                 settings.model = model.clone();
             }
             settings.language = options.language.clone();
-            ProviderKind::Deepgram(settings)
+            ProviderKind::Deepgram(Box::new(settings))
         }
         Hosted::ElevenLabs => {
             refuse("model", &options.model)?;
@@ -249,7 +249,7 @@ pub fn build(
             settings.prompt = options.instructions.clone();
             settings.language = options.language.clone();
             settings.voice_id = options.voice.clone();
-            ProviderKind::ElevenLabs(settings)
+            ProviderKind::ElevenLabs(Box::new(settings))
         }
         Hosted::Gemini => {
             refuse("language", &options.language)?;
@@ -261,7 +261,7 @@ pub fn build(
             }
             settings.voice_name = options.voice.clone();
             settings.system_instruction = options.instructions.clone();
-            ProviderKind::Gemini(settings)
+            ProviderKind::Gemini(Box::new(settings))
         }
     })
 }

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: the admin API (`/admin/...`, bearer token): live sessions, history, keys, GDPR.
 //! - [`cli`]: the command-line contract of `../shared/DESIGN.md` (`serve`, `keys`, `sessions`,
 //!   `retention`) and the commands other than `serve`.
 //! - [`config`]: the TOML configuration file (`--config`): sessions, providers, routes,
@@ -16,21 +17,30 @@
 //!   (it implements the actors' `SessionStore`) and retention.
 //! - [`hosted`]: the hosted providers (OpenAI, Deepgram, ElevenLabs, Gemini): environment,
 //!   endpoints, rates, settings.
-//! - [`routing`]: the configured providers and routes, and which provider answers a caller.
+//! - [`routing`]: the configured providers and routes, and which provider answers a caller
+//!   (route policies, the order of failover).
+//! - [`health`]: provider health shared by all sessions: the circuit breaker and smoothed
+//!   latencies the routes order their providers by.
 //! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
 //!   authentication, the per-session WebSocket actor, health checks.
 //! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.
+//! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
+//! - [`tls`]: the rustls configuration of `--tls-cert`/`--tls-key`.
 //! - [`spool`]: the file that keeps session records the store could not take by shutdown.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod health;
 pub mod hosted;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod tls;

@@ -22,9 +22,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // Every error's message already includes its cause; `{:#}` would add anyhow's
-            // context chain, of which there is none.
-            eprintln!("error: {error}");
+            // `{:#}`: the context (what voxroute was doing) and then its causes, on one line,
+            // e.g. "cannot set up TLS (--tls-cert/--tls-key): cannot read ... from FILE: ...".
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -5,13 +5,15 @@
 //!
 //! The configuration is validated (routes, providers) and the store opened (migrations run)
 //! before the listener binds: a bad setup fails at once with a clear message, never on the
-//! first call. Once listening, one line `voxroute listening on http://ADDR` goes to stdout
-//! (scripts and tests read the bound port from it when `--listen` asks for port 0).
+//! first call. Once listening, one line `voxroute listening on http://ADDR` (`https://` with
+//! `--tls-cert`/`--tls-key`, see [`crate::tls`]) goes to stdout (scripts and tests read the
+//! bound port from it when `--listen` asks for port 0).
 //!
 //! # Shutdown (SIGTERM, SIGINT)
 //!
-//! Readiness fails and new sessions are refused; every live session is ended with `SHUTDOWN`
-//! (its caller gets a close frame saying so); the supervisor gets [`SHUTDOWN_FLUSH_TIMEOUT`]
+//! Readiness fails and new sessions are refused (`503` before the upgrade, `SHUTDOWN` after
+//! it); live sessions may go on for `--drain-grace-secs` (default 30), then those left are
+//! ended with `SHUTDOWN` (their callers get a close frame saying so); the supervisor gets [`SHUTDOWN_FLUSH_TIMEOUT`]
 //! to write the queued records; whatever the store has not taken by then is written to the
 //! spool file (`--spool-file`, see [`crate::spool`]); then the listener stops.
 //!
@@ -28,7 +30,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use voxroute_actors::session::SessionConfig;
 use voxroute_actors::supervisor::{
-    Drain, Flush, ListLive, Replay, Supervisor, SupervisorConfig, TakeQueued,
+    Drain, Flush, ListLive, Replay, StopAdmitting, Supervisor, SupervisorConfig, TakeQueued,
 };
 
 use crate::cli::ServeArgs;
@@ -52,31 +54,36 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// A configuration, store or listener that cannot be set up, with the reason.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.log_format);
     actix_web::rt::System::new().block_on(serve(args))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Sessions log at `info` when they
-/// end, with counters only: never audio, transcripts, keys or payloads.
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines. Sessions log
+/// inside a span carrying the session id, transport and provider, and at `info` when they end,
+/// with counters only: never audio, transcripts, keys, payloads or full IP addresses.
+fn init_logging(format: crate::cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second initialisation (tests running serve twice in one process) is harmless.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests running serve twice in one process) is harmless.
+    let _ = match format {
+        crate::cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        crate::cli::LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.tls_cert.is_some() {
-        // Refused rather than ignored: serving plain HTTP to a user who asked for TLS would
-        // be worse than not starting.
-        anyhow::bail!(
-            "--tls-cert/--tls-key are not supported yet; terminate TLS in front of voxroute (see the README)"
-        );
-    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::server_config(cert, key)
+                .context("cannot set up TLS (--tls-cert/--tls-key)")?,
+        ),
+        _ => None,
+    };
     let config: Config = args.config.load()?;
     let router = Router::new(
         &config.providers,
@@ -84,7 +91,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &config.default_route,
         &crate::hosted::ProviderEnv::from_env(),
     )
-    .context("invalid routing configuration")?;
+    .context("invalid routing configuration")?
+    .with_health(config.health);
     let store: Store = args
         .database
         .open()
@@ -92,6 +100,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot open the session store")?;
     let supervisor = Supervisor::new(Arc::new(store.clone()), SupervisorConfig::default()).start();
     let spool_file = args.spool_file.clone();
+    let drain_grace_secs = args.drain_grace_secs;
     let replayed = replay_spool(&spool_file, &supervisor).await?;
     if args.dev && !args.listen.ip().is_loopback() {
         tracing::warn!(
@@ -110,6 +119,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev: args.dev,
         draining: Default::default(),
         rate_limiter: crate::limits::SessionRateLimiter::new(config.limits),
+        metrics: crate::metrics::Metrics::new(),
+        admin_token: std::env::var("VOXROUTE_ADMIN_TOKEN")
+            .ok()
+            .filter(|token| !token.trim().is_empty()),
     });
 
     let app_state = Arc::clone(&state);
@@ -119,11 +132,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .configure(edge::configure)
     })
     .disable_signals()
-    .shutdown_timeout(SHUTDOWN_SESSION_GRACE.as_secs())
-    .bind(args.listen)
+    .shutdown_timeout(SHUTDOWN_SESSION_GRACE.as_secs());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(args.listen, tls),
+        None => server.bind(args.listen),
+    }
     .with_context(|| format!("cannot listen on {}", args.listen))?;
     for addr in server.addrs() {
-        println!("voxroute listening on http://{addr}");
+        println!("voxroute listening on {scheme}://{addr}");
     }
     let server = server.run();
 
@@ -139,16 +156,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: refusing new sessions, ending live ones");
+        let grace = Duration::from_secs(drain_grace_secs);
+        tracing::info!(
+            grace_secs = drain_grace_secs,
+            "shutting down: refusing new sessions, letting live ones finish"
+        );
         state.draining.store(true, Ordering::SeqCst);
-        let ended = supervisor.send(Drain).await.unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_GRACE;
-        while ended > 0 && tokio::time::Instant::now() < deadline {
-            match supervisor.send(ListLive).await {
-                Ok(live) if live.is_empty() => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(_) => break,
-            }
+        let live = supervisor.send(StopAdmitting).await.unwrap_or(0);
+        if live > 0 && !wait_until_no_live_session(&supervisor, grace).await {
+            let ended = supervisor.send(Drain).await.unwrap_or(0);
+            tracing::info!(ended, "drain grace over: ending the remaining sessions");
+            wait_until_no_live_session(&supervisor, SHUTDOWN_SESSION_GRACE).await;
         }
         let report = supervisor
             .send(Flush {
@@ -168,6 +186,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.await.context("the HTTP server failed")?;
     store.close().await;
     Ok(())
+}
+
+/// Waits until no session is live, for at most `limit`. Returns whether none is.
+async fn wait_until_no_live_session(supervisor: &Addr<Supervisor>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match supervisor.send(ListLive).await {
+            Ok(live) if live.is_empty() => return true,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(_) => return false,
+            // The supervisor is gone: nothing is live any more.
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Queues the spool of an earlier run, if there is one. Returns whether anything was queued.

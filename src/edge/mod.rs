@@ -60,6 +60,10 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Per-key rate of new sessions.
     pub rate_limiter: SessionRateLimiter,
+    /// What `/metrics` reports.
+    pub metrics: crate::metrics::Metrics,
+    /// `VOXROUTE_ADMIN_TOKEN`; `None` closes the admin API.
+    pub admin_token: Option<String>,
 }
 
 /// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
@@ -88,7 +92,9 @@ const CALLER_ENDPOINTS: [CallerEndpoint; 2] = [
 /// Registers every route of the edge.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .configure(crate::admin::configure);
     for endpoint in CALLER_ENDPOINTS {
         cfg.route(
             endpoint.path,
@@ -125,6 +131,19 @@ async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
             "the session store does not answer",
         ),
     }
+}
+
+/// `GET /metrics`: the Prometheus scrape (see [`crate::metrics`]). Unauthenticated, like
+/// the health checks: it holds counts by provider and close reason, never a key, id or address.
+async fn metrics(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    let store = state
+        .supervisor
+        .send(voxroute_actors::supervisor::Stats)
+        .await
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(state.metrics.render(&store))
 }
 
 /// What the upgrade request's query string may carry.

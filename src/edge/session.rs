@@ -5,10 +5,20 @@
 //! is tied to actix-web, which the actors crate must not know; everything the session decides
 //! is in the core. The driver's one rule: after every input, carry out the core's outputs in
 //! order until it asks for a timer (see `voxroute_actors::session`).
+//!
+//! # Failover and health
+//!
+//! Each provider connection gets the next attempt number. On a failover the core asks for a
+//! new provider; the driver starts a new [`ProviderActor`] with the next number and drops the
+//! old one's address (which stops it), and from then on passes the core only the events whose
+//! attempt is the current one (the old connection's trailing `Closed` must not reach it). The
+//! driver also reports each connection's outcome to the router's shared
+//! [`Health`](crate::health::Health): ready (with the connect time), first answer (with its
+//! latency), failure.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -17,6 +27,7 @@ use uuid::Uuid;
 use voxroute_actors::close_reason::SessionCloseReason;
 use voxroute_actors::protocol::RouteTarget;
 use voxroute_actors::provider::actor::{ProviderActor, ProviderInput, ProviderOutput};
+use voxroute_actors::provider::{ProviderCommand, ProviderEvent};
 use voxroute_actors::record::{SessionEnd, SessionStart, Transport};
 use voxroute_actors::session::{
     Admission, AuthorizeRequest, ClientProtocol, Input, Output, SessionCore, SessionOutcome,
@@ -24,6 +35,7 @@ use voxroute_actors::session::{
 use voxroute_actors::supervisor::{Admit, EndSession, RecordUnadmitted, SessionEnded};
 
 use super::AppState;
+use crate::metrics::SessionCounts;
 use crate::store::{ApiKey, AuthError};
 
 /// What the upgrade handler learned before the session started.
@@ -49,13 +61,43 @@ pub struct SessionActor {
     start_record: Option<SessionStart>,
     /// The supervisor admitted the session and expects its [`SessionEnded`].
     admitted: bool,
+    /// The current provider connection; replaced on failover (dropping the old address stops
+    /// the old actor), dropped at the end.
     provider: Option<Addr<ProviderActor>>,
+    /// The current connection's attempt number (1 for the first); events of other attempts
+    /// are dropped.
+    attempt: u32,
+    /// What the current connection has shown so far, for the health registry.
+    connection: Option<ConnectionWatch>,
     timer: Option<SpawnHandle>,
+    /// The provider the session was admitted with (the metrics' live gauge is keyed by it).
+    admitted_provider: Option<String>,
+    /// Every log line of the session is inside it: `session_id`, `transport`, `provider`
+    /// (the first two once `start` is resolved).
+    span: tracing::Span,
+}
+
+/// One provider connection as the health registry sees it.
+struct ConnectionWatch {
+    /// The provider's name.
+    provider: String,
+    /// When the driver started the connection.
+    started_at: Instant,
+    /// When it became ready.
+    ready_at: Option<Instant>,
+    /// When it got its first caller audio after being ready (audio sent earlier waits in the
+    /// actor until then).
+    first_audio_at: Option<Instant>,
+    /// Its first answer (audio or transcript) was reported.
+    answered: bool,
+    /// Its failure was reported (an error event and the `Closed` after it are one failure).
+    failed: bool,
 }
 
 impl SessionActor {
     pub(super) fn new(params: SessionParams) -> Self {
         let now = Instant::now();
+        let params_transport = params.transport.as_str();
         let core = SessionCore::new(params.protocol, params.state.session, now);
         SessionActor {
             params,
@@ -64,12 +106,23 @@ impl SessionActor {
             start_record: None,
             admitted: false,
             provider: None,
+            attempt: 0,
+            connection: None,
             timer: None,
+            admitted_provider: None,
+            span: tracing::info_span!(
+                "session",
+                session_id = tracing::field::Empty,
+                transport = params_transport,
+                provider = tracing::field::Empty,
+            ),
         }
     }
 
     /// One input into the core, then its outputs.
     fn feed(&mut self, input: Input<'_>, ctx: &mut ws::WebsocketContext<Self>) {
+        let span = self.span.clone();
+        let _in_session = span.enter();
         self.core.handle_input(Instant::now(), input);
         self.drive(ctx);
     }
@@ -82,10 +135,28 @@ impl SessionActor {
                 Output::ToClientBinary(bytes) => ctx.binary(bytes),
                 Output::Authorize(request) => self.authorize(request, ctx),
                 Output::StartProvider(spec) => {
+                    self.attempt += 1;
+                    self.connection = Some(ConnectionWatch {
+                        provider: spec.name.clone(),
+                        started_at: Instant::now(),
+                        ready_at: None,
+                        first_audio_at: None,
+                        answered: false,
+                        failed: false,
+                    });
                     let events = ctx.address().recipient::<ProviderOutput>();
-                    self.provider = Some(ProviderActor::new(spec, 0, events).start());
+                    // Replacing the address drops the old connection's last handle: it
+                    // notices and closes (if its failure has not already ended it).
+                    self.provider = Some(ProviderActor::new(spec, self.attempt, events).start());
                 }
                 Output::ToProvider(command) => {
+                    if let (ProviderCommand::Audio(_), Some(watch)) =
+                        (&command, &mut self.connection)
+                        && watch.ready_at.is_some()
+                        && watch.first_audio_at.is_none()
+                    {
+                        watch.first_audio_at = Some(Instant::now());
+                    }
                     if let Some(provider) = &self.provider {
                         provider.do_send(ProviderInput(command));
                     }
@@ -187,6 +258,7 @@ impl SessionActor {
                 resolved.route.clone(),
                 resolved.provider.name.clone(),
             );
+            let fallbacks = resolved.fallbacks;
             act.start_record = Some(start.clone());
             let admit = Admit {
                 start,
@@ -195,12 +267,26 @@ impl SessionActor {
             };
             let session_id = admit.start.id;
             let provider = resolved.provider;
+            act.span.record("session_id", tracing::field::display(session_id));
+            act.span.record("provider", provider.name.as_str());
             let admitted = act.params.state.supervisor.send(admit);
             ctx.spawn(admitted.into_actor(act).map(
                     move |admitted, act, ctx| match admitted {
                         Ok(Ok(())) => {
                             act.admitted = true;
-                            act.feed(Input::Admitted(Admission { session_id, provider }), ctx);
+                            act.params
+                                .state
+                                .metrics
+                                .session_admitted(act.params.transport.as_str(), &provider.name);
+                            act.admitted_provider = Some(provider.name.clone());
+                            act.feed(
+                                Input::Admitted(Admission {
+                                    session_id,
+                                    provider,
+                                    fallbacks,
+                                }),
+                                ctx,
+                            );
                         }
                         Ok(Err(refusal)) => act.feed(
                             Input::Refused {
@@ -263,8 +349,29 @@ impl SessionActor {
             audio_in_ms = outcome.audio_in_ms,
             audio_out_ms = outcome.audio_out_ms,
             bad_frames = outcome.bad_frames,
+            failovers = outcome.failovers,
+            failover_gap_ms = outcome.failover_gap_ms,
             "session ended"
         );
+        let metrics = &self.params.state.metrics;
+        match &self.admitted_provider {
+            Some(provider) if self.admitted => {
+                let ms_to_frames = |ms: i64| u64::try_from(ms / 20).unwrap_or(0);
+                metrics.session_ended(&SessionCounts {
+                    transport: self.params.transport.as_str(),
+                    provider,
+                    close_reason: outcome.reason.as_str(),
+                    frames_in: ms_to_frames(outcome.audio_in_ms),
+                    frames_out: ms_to_frames(outcome.audio_out_ms),
+                    frames_bad: outcome.bad_frames,
+                    frames_dropped_early: outcome.dropped_payloads,
+                    failovers: u64::from(outcome.failovers),
+                });
+            }
+            // A socket that never sent `start` is not a session (no record either).
+            _ if self.start_record.is_some() => metrics.session_closed(outcome.reason.as_str()),
+            _ => {}
+        }
         let Some(start) = self.start_record.take() else {
             return;
         };
@@ -281,7 +388,7 @@ impl SessionActor {
             providers_tried: outcome.providers_tried,
             audio_in_ms: outcome.audio_in_ms,
             audio_out_ms: outcome.audio_out_ms,
-            failovers: 0,
+            failovers: i32::try_from(outcome.failovers).unwrap_or(i32::MAX),
             first_response_ms: outcome.first_response_ms,
         };
         let supervisor = &self.params.state.supervisor;
@@ -321,6 +428,8 @@ impl Actor for SessionActor {
         if self.core.is_ended() {
             return;
         }
+        let span = self.span.clone();
+        let _in_session = span.enter();
         self.core.handle_input(Instant::now(), Input::ClientClosed);
         loop {
             match self.core.poll_output() {
@@ -367,7 +476,55 @@ impl Handler<ProviderOutput> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, message: ProviderOutput, ctx: &mut Self::Context) {
+        if message.attempt != self.attempt {
+            // A connection the session has already left (its trailing `Closed`, or events
+            // that crossed the failover).
+            tracing::trace!(
+                attempt = message.attempt,
+                current = self.attempt,
+                "stale provider event dropped"
+            );
+            return;
+        }
+        self.watch(&message.event);
         self.feed(Input::Provider(message.event), ctx);
+    }
+}
+
+impl SessionActor {
+    /// Reports what the current connection's event says about the provider's health.
+    fn watch(&mut self, event: &ProviderEvent) {
+        let Some(watch) = &mut self.connection else {
+            return;
+        };
+        let health = self.params.state.router.health();
+        let metrics = &self.params.state.metrics;
+        let now = Instant::now();
+        match event {
+            ProviderEvent::Ready if watch.ready_at.is_none() => {
+                watch.ready_at = Some(now);
+                let connect = now - watch.started_at;
+                health.report_connected(&watch.provider, connect);
+                metrics.provider_ready(&watch.provider, connect.as_secs_f64());
+            }
+            ProviderEvent::Audio(_) | ProviderEvent::Transcript { .. } if !watch.answered => {
+                watch.answered = true;
+                let since = watch.first_audio_at.or(watch.ready_at);
+                if let Some(since) = since {
+                    let latency: Duration = now.saturating_duration_since(since);
+                    health.report_first_response(&watch.provider, latency);
+                    metrics.provider_first_response(&watch.provider, latency.as_secs_f64());
+                }
+            }
+            ProviderEvent::Error { fatal: true, .. } | ProviderEvent::Closed { error: true }
+                if !watch.failed =>
+            {
+                watch.failed = true;
+                health.report_failure(&watch.provider, now);
+                metrics.provider_failed(&watch.provider);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -52,7 +52,7 @@ mod types;
 pub use error::{AuthError, QueryError, StoreOpenError};
 pub use keys::{ApiKey, MAX_KEY_NAME_CHARS};
 pub use retention::{RetentionReport, anonymise_ip};
-pub use sessions::SessionRow;
+pub use sessions::{SessionFilter, SessionRow};
 
 /// How long opening a pool, or waiting for a free connection, may take before the store counts
 /// as unavailable.

@@ -55,6 +55,23 @@ pub struct SessionRow {
     pub first_response_ms: Option<i64>,
 }
 
+/// What [`Store::find_sessions`] selects; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Sessions of this key.
+    pub api_key_id: Option<Uuid>,
+    /// Sessions whose last provider is this.
+    pub provider: Option<String>,
+    /// Sessions that ended for this reason (the stored string, e.g. `CLIENT_HANGUP`).
+    pub close_reason: Option<String>,
+    /// Sessions that started at or after this.
+    pub since: Option<DateTime<Utc>>,
+    /// Sessions that started before this.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
 /// `SessionRow` as decoded: the list column in its per-backend wrapper.
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -126,6 +143,62 @@ impl Store {
             .fetch_all(pool)
             .await)?;
         Ok(rows.into_iter().map(SessionRow::from).collect())
+    }
+
+    /// Sessions matching `filter`, newest first, at most `filter.limit`.
+    ///
+    /// # Errors
+    ///
+    /// The database's error; [`QueryError::Corrupt`] if a row does not decode.
+    pub async fn find_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<SessionRow>, QueryError> {
+        // One static statement: each filter is `(param IS NULL OR column = param)`.
+        const SQL: &str = concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE ($1 IS NULL OR api_key_id = $1) \
+             AND ($2 IS NULL OR provider = $2) \
+             AND ($3 IS NULL OR close_reason = $3) \
+             AND ($4 IS NULL OR started_at >= $4) \
+             AND ($5 IS NULL OR started_at < $5) \
+             ORDER BY started_at DESC, id DESC LIMIT $6"
+        );
+        let rows: Vec<Row> = with_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(filter.api_key_id)
+            .bind(filter.provider.as_deref())
+            .bind(filter.close_reason.as_deref())
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(i64::from(filter.limit))
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(SessionRow::from).collect())
+    }
+
+    /// Deletes every session record of key `api_key_id` and the key itself (a GDPR erasure).
+    /// Returns how many session records and keys (0 or 1) were deleted.
+    ///
+    /// # Errors
+    ///
+    /// The database's error; nothing is deleted then (one transaction).
+    pub async fn erase_key(&self, api_key_id: Uuid) -> Result<(u64, u64), QueryError> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let sessions = sqlx::query("DELETE FROM sessions WHERE api_key_id = $1")
+                .bind(api_key_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let keys = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+                .bind(api_key_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok((sessions, keys))
+        })
     }
 
     /// The record of session `id`, if it was written (and not yet deleted by retention).

@@ -260,6 +260,9 @@ pub(crate) struct RouterOptions {
     /// Extra environment variables (provider keys, `VOXROUTE_*_URL` pointing at a stand-in).
     /// The hosted providers' variables are otherwise removed, so the host's never leak in.
     pub(crate) env: Vec<(String, String)>,
+    /// Extra `serve` arguments (e.g. `--tls-cert FILE`). Unless they set `--drain-grace-secs`,
+    /// the router gets `--drain-grace-secs 0`, so a SIGTERM ends live calls at once.
+    pub(crate) args: Vec<String>,
 }
 
 /// A `voxroute serve` child process; killed (SIGKILL) on drop unless it has exited.
@@ -283,6 +286,9 @@ impl Router {
             .env_remove("DATABASE_URL")
             .env_remove("VOXROUTE_CONFIG")
             .env_remove("VOXROUTE_LISTEN")
+            .env_remove("VOXROUTE_ADMIN_TOKEN")
+            .env_remove("VOXROUTE_SPOOL_FILE")
+            .env_remove("VOXROUTE_LOG_FORMAT")
             .env("RUST_LOG", options.rust_log.unwrap_or("info"))
             .current_dir(options.workdir.as_deref().unwrap_or(config_dir.path()))
             .stdin(Stdio::null())
@@ -297,9 +303,15 @@ impl Router {
             command.arg("--dev");
         }
         for kind in voxroute::hosted::Hosted::ALL {
-            command.env_remove(kind.key_var()).env_remove(kind.url_var());
+            command
+                .env_remove(kind.key_var())
+                .env_remove(kind.url_var());
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        command.args(&options.args);
+        if !options.args.iter().any(|a| a == "--drain-grace-secs") {
+            command.args(["--drain-grace-secs", "0"]);
+        }
         let mut child = command.spawn().expect("the voxroute binary starts");
 
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -376,12 +388,17 @@ impl Router {
 
     /// Sends SIGTERM and waits (up to `timeout`) for the process to exit.
     pub(crate) async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(timeout).await
+    }
+
+    /// Sends SIGTERM (a graceful shutdown begins) without waiting.
+    pub(crate) fn sigterm(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("running kill(1)");
         assert!(sent.success(), "kill -TERM {} failed", self.pid());
-        self.wait_exit(timeout).await
     }
 
     /// Waits (up to `timeout`) for the process to exit on its own.
@@ -397,12 +414,32 @@ impl Router {
 
     /// `GET path` over plain HTTP/1.1: (status, body).
     pub(crate) async fn http_get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path, &[], "").await
+    }
+
+    /// One HTTP/1.1 request (`Connection: close`) with extra `headers` and a `body` (sent with
+    /// its length when not empty): (status, body).
+    pub(crate) async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         within(WAIT, "an HTTP answer from the router", async {
             let mut stream = TcpStream::connect(self.addr).await.expect("connecting");
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            let mut request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
                 self.addr
             );
+            for (name, value) in headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            if !body.is_empty() {
+                request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            request.push_str("\r\n");
+            request.push_str(body);
             stream.write_all(request.as_bytes()).await.expect("sending");
             let mut response = Vec::new();
             stream.read_to_end(&mut response).await.expect("reading");
@@ -432,13 +469,13 @@ impl Drop for Router {
 }
 
 /// Copies `pipe` into `buf` until EOF; on stdout, sends the address of the first
-/// `voxroute listening on http://ADDR` line.
+/// `voxroute listening on http[s]://ADDR` line.
 fn capture(
     mut pipe: impl std::io::Read,
     buf: &Mutex<Vec<u8>>,
     mut addr_tx: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) {
-    const LISTENING: &str = "voxroute listening on http://";
+    const LISTENING: &str = "voxroute listening on ";
     let mut chunk = [0u8; 8192];
     loop {
         let n = match pipe.read(&mut chunk) {
@@ -453,7 +490,8 @@ fn capture(
                 .lines()
                 .filter(|_| text.contains('\n'))
                 .find_map(|line| line.strip_prefix(LISTENING))
-                .and_then(|addr| addr.trim().parse::<SocketAddr>().ok())
+                .and_then(|url| url.split_once("://"))
+                .and_then(|(_, addr)| addr.trim().parse::<SocketAddr>().ok())
             {
                 let _ = addr_tx.take().expect("checked").send(addr);
             }

@@ -7,6 +7,7 @@
 //! - [`compose`]: the local stack (`docker-compose.yml` + `Dockerfile`) is wired as the README
 //!   says, checked statically because CI has no Docker engine.
 
+mod admin;
 mod bad_input;
 mod cli;
 mod compose;
@@ -14,6 +15,8 @@ mod data_promises;
 mod failover;
 mod harness;
 mod loadtest;
+mod operations;
 mod providers;
 mod sessions;
 mod store;
+mod tls;

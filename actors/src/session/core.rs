@@ -13,6 +13,8 @@ use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
 use crate::protocol::{ProtocolError, RouteTarget};
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderSpec};
 
+use super::replay::ReplayRing;
+
 /// How long a caller may take to send its `start` after the socket opens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,6 +40,25 @@ const FRAMES_PER_MARK: u64 = 10;
 /// Provider audio held for framing, in milliseconds at the provider's rate. Chunks longer than
 /// this are framed in pieces, so this bounds memory, not chunk size.
 const PROVIDER_AUDIO_QUEUE_MS: u32 = 200;
+
+/// Caller audio kept for a failover, in milliseconds: the last this-much of the caller's
+/// audio is replayed to the next provider, so that a speech-to-text provider loses no speech
+/// that the failed one had not yet answered. It also bounds the audio held while the next
+/// provider connects (older audio is dropped first). Three seconds covers an utterance in
+/// progress plus a slow connect, at 96 KiB per session at 16 kHz, allocated once.
+pub const REPLAY_MS: u32 = 3_000;
+
+/// Replayed frames sent at once, then again every [`REPLAY_BURST_INTERVAL`] until the replay
+/// is out: 20 frames (400 ms of audio) stay well inside the provider connection's writer
+/// queue (`WRITER_QUEUE_FRAMES`, 50), which drops frames when full, while a 3 s replay still
+/// goes out in under 100 ms.
+const REPLAY_BURST_FRAMES: usize = 20;
+
+/// Pause between two replay bursts (20 times faster than real time).
+const REPLAY_BURST_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The `reason` of a native `provider.switched` event: the failed provider's failure.
+const SWITCH_REASON: &str = "PROVIDER_ERROR";
 
 /// Settings of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +120,9 @@ pub struct Admission {
     pub session_id: Uuid,
     /// The provider to connect to.
     pub provider: ProviderSpec,
+    /// Where to go, in order, when a provider fails: the rest of the route's candidates.
+    /// Empty when the caller named a single provider (its failure ends the session).
+    pub fallbacks: Vec<ProviderSpec>,
 }
 
 /// What the caller presented, for the driver to check.
@@ -123,7 +147,10 @@ pub enum Output {
     /// Check the caller's key and admit the session; answer with [`Input::Admitted`] or
     /// [`Input::Refused`].
     Authorize(AuthorizeRequest),
-    /// Connect to this provider; its events come back as [`Input::Provider`].
+    /// Connect to this provider; its events come back as [`Input::Provider`]. When a
+    /// provider is already running (a failover), the driver stops it (or drops it) and from
+    /// now on passes only the new connection's events: events of an earlier connection must
+    /// not reach the core (the driver tells them apart by their attempt number).
     StartProvider(ProviderSpec),
     /// Send this to the provider.
     ToProvider(ProviderCommand),
@@ -157,6 +184,12 @@ pub struct SessionOutcome {
     pub bad_frames: u64,
     /// Caller payloads dropped because they came too early or too fast to hold.
     pub dropped_payloads: u64,
+    /// How many times the session moved to another provider.
+    pub failovers: u32,
+    /// The longest failover gap, in milliseconds: from a provider's failure to the first
+    /// audio or transcript of the provider that replaced it. `None` without failover (or
+    /// when no replacement answered before the end).
+    pub failover_gap_ms: Option<i64>,
 }
 
 enum Protocol {
@@ -168,11 +201,26 @@ enum Protocol {
 /// audio buffer in it) when the session ends.
 struct Live {
     session_id: Uuid,
+    /// The provider answering now (or connecting, during a failover).
     provider: ProviderSpec,
+    /// The caller's audio format, to rebuild the chains for a provider at another rate.
+    format: AudioFormat,
     ingress: IngressChain,
     egress: EgressChain,
     /// Provider audio waiting to fill a 20 ms frame.
     provider_audio: FrameAssembler,
+    /// The route's remaining providers, next first; each failover takes one.
+    fallbacks: VecDeque<ProviderSpec>,
+    /// The last [`REPLAY_MS`] of caller frames at the provider's rate, recorded always.
+    replay: ReplayRing,
+    /// A failover is under way: caller audio goes only into `replay` (held, unsent) until the
+    /// new provider is `Ready` and the ring's unsent frames have all gone to it.
+    awaiting_ready: bool,
+    /// When the next burst of the replay is due (set from `Ready` until the replay is out).
+    replay_next_at: Option<Instant>,
+    /// When the provider last failed, until the replacement's first audio or transcript:
+    /// the failover gap runs from here.
+    failed_at: Option<Instant>,
 }
 
 enum Phase {
@@ -210,6 +258,8 @@ pub struct SessionCore {
     /// `frames_out` when the last Twilio mark was sent.
     frames_at_last_mark: u64,
     providers_tried: Vec<String>,
+    failovers: u32,
+    failover_gap_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -246,6 +296,8 @@ impl SessionCore {
             marks_sent: 0,
             frames_at_last_mark: 0,
             providers_tried: Vec::new(),
+            failovers: 0,
+            failover_gap_ms: None,
         }
     }
 
@@ -291,6 +343,15 @@ impl SessionCore {
     }
 
     fn next_deadline(&self) -> Instant {
+        let deadline = self.phase_deadline();
+        match &self.phase {
+            Phase::Live(live) => live.replay_next_at.map_or(deadline, |at| at.min(deadline)),
+            _ => deadline,
+        }
+    }
+
+    /// When the phase's own timer ends the session: the start timeout, or the idle timeout.
+    fn phase_deadline(&self) -> Instant {
         match &self.phase {
             Phase::AwaitingStart | Phase::Authorizing { .. } => self.accepted_at + START_TIMEOUT,
             Phase::Live(_) => self.last_audio_at + self.config.idle_timeout,
@@ -300,7 +361,12 @@ impl SessionCore {
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        if now < self.next_deadline() {
+        if let Phase::Live(live) = &self.phase
+            && live.replay_next_at.is_some_and(|at| now >= at)
+        {
+            self.replay_burst(now);
+        }
+        if now < self.phase_deadline() {
             return;
         }
         let reason = match self.phase {
@@ -376,7 +442,8 @@ impl SessionCore {
 
     /// A telephone caller's key press goes to the provider, if the session is routed.
     fn on_dtmf(&mut self, digit: char) {
-        if matches!(self.phase, Phase::Live(_)) {
+        // During a failover there is no conversation to press a key in yet.
+        if matches!(&self.phase, Phase::Live(live) if !live.awaiting_ready) {
             self.outputs
                 .push_back(Output::ToProvider(ProviderCommand::Dtmf { digit }));
         }
@@ -433,10 +500,16 @@ impl SessionCore {
         }
         self.phase = Phase::Live(Box::new(Live {
             session_id: admission.session_id,
+            replay: ReplayRing::new(in_rate, REPLAY_MS),
             provider: admission.provider,
+            format,
             ingress,
             egress,
             provider_audio: FrameAssembler::new(frame, capacity),
+            fallbacks: admission.fallbacks.into(),
+            awaiting_ready: false,
+            replay_next_at: None,
+            failed_at: None,
         }));
         self.last_audio_at = now;
         for payload in pending {
@@ -457,9 +530,14 @@ impl SessionCore {
                     }
                     return;
                 }
+                let live = &mut **live;
                 while let Some(frame) = live.ingress.pop_frame() {
-                    self.outputs
-                        .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+                    // During a failover the ring holds the audio until the replay is out.
+                    live.replay.push(frame, live.awaiting_ready);
+                    if !live.awaiting_ready {
+                        self.outputs
+                            .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+                    }
                     self.frames_in += 1;
                 }
                 self.last_audio_at = now;
@@ -479,9 +557,13 @@ impl SessionCore {
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent) {
         match event {
-            ProviderEvent::Ready => {}
-            ProviderEvent::Audio(pcm) => self.on_provider_audio(now, &pcm),
+            ProviderEvent::Ready => self.on_provider_ready(now),
+            ProviderEvent::Audio(pcm) => {
+                self.on_provider_answered(now);
+                self.on_provider_audio(now, &pcm);
+            }
             ProviderEvent::Transcript { text, is_final } => {
+                self.on_provider_answered(now);
                 if let Protocol::Native(codec) = &mut self.protocol {
                     let text = codec.encode_event(&ServerEvent::Transcript {
                         text: &text,
@@ -495,21 +577,105 @@ impl SessionCore {
             ProviderEvent::Error { message, fatal } => {
                 tracing::warn!(fatal, "provider error: {message}");
                 if fatal {
-                    self.send_error("provider_error", "the provider failed");
-                    self.end(now, SessionCloseReason::ProviderError);
+                    self.on_provider_failed(now, true);
                 } else {
                     self.send_error("provider_error", "the provider reported an error");
                 }
             }
-            ProviderEvent::Closed { error } => {
-                let reason = if error {
-                    SessionCloseReason::ProviderError
-                } else {
-                    SessionCloseReason::ProviderClosed
-                };
-                self.end(now, reason);
+            ProviderEvent::Closed { error: true } => self.on_provider_failed(now, false),
+            // The conversation ended on the provider's side: not a failure, no failover.
+            ProviderEvent::Closed { error: false } => {
+                self.end(now, SessionCloseReason::ProviderClosed)
             }
         }
+    }
+
+    /// The provider is ready. After a failover, the replay (and the audio that came while it
+    /// connected) goes to it now, oldest first, in bursts.
+    fn on_provider_ready(&mut self, now: Instant) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.awaiting_ready && live.replay_next_at.is_none() {
+            tracing::debug!(replay_ms = live.replay.unsent() * 20, provider = %live.provider.name, "replaying caller audio");
+            self.replay_burst(now);
+        }
+    }
+
+    /// Sends the next burst of the replay; once it is all out, caller audio flows straight to
+    /// the provider again.
+    fn replay_burst(&mut self, now: Instant) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let outputs = &mut self.outputs;
+        live.replay.drain_unsent(REPLAY_BURST_FRAMES, |frame| {
+            outputs.push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+        });
+        if live.replay.unsent() == 0 {
+            tracing::debug!(provider = %live.provider.name, "replay done");
+            live.awaiting_ready = false;
+            live.replay_next_at = None;
+        } else {
+            live.replay_next_at = Some(now + REPLAY_BURST_INTERVAL);
+        }
+    }
+
+    /// The provider produced audio or text: a failover gap, if one is open, ends here.
+    fn on_provider_answered(&mut self, now: Instant) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if let Some(failed_at) = live.failed_at.take() {
+            let gap_ms = millis(now.saturating_duration_since(failed_at));
+            self.failover_gap_ms = Some(self.failover_gap_ms.map_or(gap_ms, |g| g.max(gap_ms)));
+            tracing::info!(gap_ms, provider = %live.provider.name, "failover: the new provider answers");
+        }
+    }
+
+    /// The provider failed (refused, timed out, dropped, fatal error): move to the route's
+    /// next provider without ending the caller's session, or end with `PROVIDER_ERROR` when
+    /// none is left. `told` says whether the failure came as an error event (the caller then
+    /// gets an `error` event when the session ends on it, as before failover existed).
+    fn on_provider_failed(&mut self, now: Instant, told: bool) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let Some(next) = live.fallbacks.pop_front() else {
+            if told {
+                self.send_error("provider_error", "the provider failed");
+            }
+            self.end(now, SessionCloseReason::ProviderError);
+            return;
+        };
+        let live = &mut **live;
+        if let Err(error) = switch_chains(live, &next, self.config.opus) {
+            tracing::error!(%error, "cannot build the codec chains for the next provider");
+            self.end(now, SessionCloseReason::InternalError);
+            return;
+        }
+        let from = std::mem::replace(&mut live.provider, next);
+        live.awaiting_ready = true;
+        live.replay_next_at = None;
+        live.replay.hold_all();
+        live.failed_at.get_or_insert(now);
+        self.failovers += 1;
+        self.providers_tried.push(live.provider.name.clone());
+        tracing::info!(from = %from.name, to = %live.provider.name, failovers = self.failovers, "provider failed: failing over");
+        self.outputs
+            .push_back(Output::StartProvider(live.provider.clone()));
+        if let Protocol::Native(codec) = &mut self.protocol {
+            let text = codec.encode_event(&ServerEvent::ProviderSwitched {
+                from: &from.name,
+                to: &live.provider.name,
+                reason: SWITCH_REASON,
+            });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        // What the failed provider said and the caller has not heard yet is stale: the next
+        // provider knows nothing of it.
+        self.flush_outbound();
     }
 
     fn on_provider_audio(&mut self, now: Instant, mut pcm: &[i16]) {
@@ -655,8 +821,34 @@ impl SessionCore {
             first_response_ms: self.first_response_ms,
             bad_frames: self.bad_frames,
             dropped_payloads: self.dropped_payloads,
+            failovers: self.failovers,
+            failover_gap_ms: self.failover_gap_ms,
         }));
     }
+}
+
+/// Rebuilds what depends on the provider's rates for `next`: the ingress chain and the
+/// replay ring when it takes another rate, the egress chain and the framing queue when it
+/// answers at another rate. Runs once per failover (allocation is fine here).
+fn switch_chains(
+    live: &mut Live,
+    next: &ProviderSpec,
+    opus: OpusEncoderConfig,
+) -> Result<(), voxroute_codecs::CodecError> {
+    if next.sample_rate != live.provider.sample_rate {
+        live.ingress = IngressChain::new(live.format, next.sample_rate)?;
+        live.replay = live.replay.resampled(next.sample_rate)?;
+    }
+    if next.output_sample_rate != live.provider.output_sample_rate {
+        let out_rate = next.output_sample_rate;
+        live.egress = EgressChain::new(out_rate, live.format, opus)?;
+        let frame = out_rate.samples_per_frame();
+        let capacity = out_rate
+            .samples_in_ms(PROVIDER_AUDIO_QUEUE_MS)
+            .max(2 * frame);
+        live.provider_audio = FrameAssembler::new(frame, capacity);
+    }
+    Ok(())
 }
 
 fn millis(duration: Duration) -> i64 {

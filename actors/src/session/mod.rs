@@ -18,7 +18,8 @@
 //!   ◄── Authorize ──────────────────  (the driver checks the key, asks the supervisor)
 //!   ── Admitted / Refused ─────────►
 //!   ◄── StartProvider, ToProvider ──  20 ms frames at the provider's rate
-//!   ── Provider(event) ────────────►  egress chain, barge-in, transcripts
+//!   ── Provider(event) ────────────►  egress chain, barge-in, transcripts, failover
+//!   ◄── StartProvider (next) ───────  on a provider failure, with fallbacks left
 //!   ◄── ToClientText / Binary ──────
 //!   ◄── Close { outcome } ──────────  the driver closes the socket, stops the provider,
 //!                                     and sends the outcome to the supervisor
@@ -26,12 +27,34 @@
 //!
 //! When the core emits [`Output::Close`] it has already dropped its audio buffers; it emits
 //! nothing after that.
+//!
+//! # Failover
+//!
+//! [`Admission::fallbacks`] lists the route's other providers, in order. When the provider
+//! fails (`Error { fatal: true }` or `Closed { error: true }`: refused, timed out, dropped), the
+//! core does not end the session: it emits [`Output::StartProvider`] with the next one (the
+//! driver replaces the connection and from then on feeds only the new connection's events),
+//! rebuilds the codec chains if the rates differ, drops the stale outbound audio (a `clear` to
+//! the caller), tells a native caller with `provider.switched` (Twilio has no event channel),
+//! and counts the failover in the record. Caller audio is recorded all along in a ring of the
+//! last [`REPLAY_MS`] (allocated once); while the new provider connects, caller audio only
+//! goes into the ring, and when it is `Ready` the whole ring is replayed to it, oldest first,
+//! so a speech-to-text provider loses no speech. The replay goes out in bursts (20 frames
+//! every 10 ms, through [`Output::Timeout`]) because the provider connection's writer queue
+//! is bounded and drops what does not fit; caller audio keeps queueing behind it until it is
+//! out. Key presses during the switch are dropped (there is no conversation to press them
+//! in). The gap from the failure to the new provider's first audio or transcript is logged
+//! and reported in [`SessionOutcome::failover_gap_ms`].
+//! With no provider left the session ends with `PROVIDER_ERROR`; a provider that closes
+//! normally (`Closed { error: false }`) ends it with `PROVIDER_CLOSED`, without failover.
 
 mod core;
+mod replay;
 
 pub use self::core::{
     Admission, AuthorizeRequest, ClientProtocol, IDLE_TIMEOUT_DEFAULT, Input,
-    MAX_CONSECUTIVE_BAD_FRAMES, Output, START_TIMEOUT, SessionConfig, SessionCore, SessionOutcome,
+    MAX_CONSECUTIVE_BAD_FRAMES, Output, REPLAY_MS, START_TIMEOUT, SessionConfig, SessionCore,
+    SessionOutcome,
 };
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ fn admit_to_echo(core: &mut SessionCore, at: Instant) {
         Input::Admitted(Admission {
             session_id: Uuid::now_v7(),
             provider: echo_spec(),
+            fallbacks: Vec::new(),
         }),
     );
 }
@@ -316,4 +317,427 @@ fn provider_endings_map_to_close_reasons() {
         core.handle_input(t0, Input::ClientText(&media(&[0xFF; 160])));
         assert!(drain(&mut core).0.is_empty(), "nothing after the close");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover
+
+fn spec(name: &str, in_hz: u32, out_hz: u32) -> ProviderSpec {
+    ProviderSpec {
+        name: name.into(),
+        sample_rate: SampleRate::new(in_hz).unwrap(),
+        output_sample_rate: SampleRate::new(out_hz).unwrap(),
+        kind: ProviderKind::Echo,
+    }
+}
+
+/// A native caller (PCM16 8 kHz) admitted to `first` with `fallbacks`; the admission's
+/// outputs are checked and drained.
+fn admitted_native(t0: Instant, first: ProviderSpec, fallbacks: Vec<ProviderSpec>) -> SessionCore {
+    let mut core = SessionCore::new(ClientProtocol::Native, SessionConfig::default(), t0);
+    core.handle_input(
+        t0,
+        Input::ClientText(r#"{"type":"start","codec":"pcm16","sample_rate":8000,"route":"r"}"#),
+    );
+    drain(&mut core);
+    let name = first.name.clone();
+    core.handle_input(
+        t0,
+        Input::Admitted(Admission {
+            session_id: Uuid::now_v7(),
+            provider: first,
+            fallbacks,
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.as_slice(), [Output::StartProvider(s), Output::ToClientText(t)]
+            if s.name == name && t.contains("session.started")),
+        "{outputs:?}"
+    );
+    core
+}
+
+/// 20 ms of native PCM16 at 8 kHz whose samples all hold `value`.
+fn pcm_frame(value: i16) -> Vec<u8> {
+    [value; 160].iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+/// Drains the outputs, then fires the replay's timers (each due within 100 ms) until it is
+/// out; returns every output and the instant reached.
+fn drain_replay(core: &mut SessionCore, mut now: Instant) -> (Vec<Output>, Instant) {
+    let mut all = Vec::new();
+    loop {
+        let (outputs, deadline) = drain(core);
+        all.extend(outputs);
+        if deadline > now + Duration::from_millis(100) {
+            return (all, now);
+        }
+        now = deadline;
+        core.handle_input(now, Input::Timeout);
+    }
+}
+
+/// The audio frames among `outputs` (their lengths), and whether anything else was there.
+fn audio_frames(outputs: &[Output]) -> Vec<usize> {
+    outputs
+        .iter()
+        .map(|o| match o {
+            Output::ToProvider(ProviderCommand::Audio(frame)) => frame.len(),
+            other => panic!("expected only audio for the provider, got {other:?}"),
+        })
+        .collect()
+}
+
+fn close_outcome(outputs: &[Output]) -> &SessionOutcome {
+    match outputs.last() {
+        Some(Output::Close(outcome)) => outcome,
+        _ => panic!("expected a Close last: {outputs:?}"),
+    }
+}
+
+/// The whole mid-call failover on the native protocol: the provider drops, the core starts the
+/// next one, tells the caller (`provider.switched`, then `clear` for the stale reply), holds
+/// the caller's audio while the new provider connects, replays the ring (audio from before the
+/// drop and during the connect, oldest first) once it is ready, then streams as before; the
+/// record counts the failover, both providers and the gap to the new provider's first answer.
+#[test]
+fn mid_call_drop_fails_over_replays_and_tells_the_native_caller() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    for i in 0..10 {
+        core.handle_input(
+            t0 + Duration::from_millis(20 * i),
+            Input::ClientBinary(&pcm_frame(100 + i as i16)),
+        );
+    }
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![320; 10]);
+    core.handle_input(
+        t0 + Duration::from_millis(200),
+        Input::Provider(ProviderEvent::Transcript {
+            text: "hello".into(),
+            is_final: true,
+        }),
+    );
+    core.handle_input(
+        t0 + Duration::from_millis(200),
+        Input::Provider(ProviderEvent::Audio(vec![7; 100])),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.as_slice(), [Output::ToClientText(t)] if t.contains(r#""text":"hello""#)),
+        "{outputs:?}"
+    );
+
+    // The provider drops mid-call.
+    let failed_at = t0 + Duration::from_millis(300);
+    core.handle_input(
+        failed_at,
+        Input::Provider(ProviderEvent::Error {
+            message: "connection reset".into(),
+            fatal: true,
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    let [
+        Output::StartProvider(next),
+        Output::ToClientText(switched),
+        Output::ToClientText(clear),
+    ] = outputs.as_slice()
+    else {
+        panic!("expected StartProvider, provider.switched, clear: {outputs:?}");
+    };
+    assert_eq!(next.name, "b");
+    assert_eq!(
+        switched,
+        r#"{"type":"provider.switched","from":"a","to":"b","reason":"PROVIDER_ERROR"}"#
+    );
+    assert_eq!(clear, r#"{"type":"clear"}"#);
+    assert!(!core.is_ended(), "the caller's session goes on");
+
+    // Caller audio while the new provider connects is held, not sent.
+    for i in 0..2 {
+        core.handle_input(
+            failed_at + Duration::from_millis(20 * i),
+            Input::ClientBinary(&pcm_frame(200 + i as i16)),
+        );
+    }
+    let (outputs, _) = drain(&mut core);
+    assert!(outputs.is_empty(), "{outputs:?}");
+
+    // Ready: the ring goes out, oldest first (the first frames' values survive resampling
+    // well enough to tell the order by their means).
+    core.handle_input(
+        failed_at + Duration::from_millis(60),
+        Input::Provider(ProviderEvent::Ready),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(audio_frames(&outputs), vec![320; 12]);
+    let means: Vec<i32> = outputs
+        .iter()
+        .map(|o| match o {
+            Output::ToProvider(ProviderCommand::Audio(f)) => {
+                f.iter().map(|&s| i32::from(s)).sum::<i32>() / f.len() as i32
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert!(
+        means[5] < means[9] && means[9] < means[11],
+        "replayed oldest first: {means:?}"
+    );
+    // After the replay, audio flows straight through again.
+    core.handle_input(
+        failed_at + Duration::from_millis(80),
+        Input::ClientBinary(&pcm_frame(300)),
+    );
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![320]);
+
+    // The new provider's first answer closes the gap.
+    core.handle_input(
+        failed_at + Duration::from_millis(120),
+        Input::Provider(ProviderEvent::Transcript {
+            text: "again".into(),
+            is_final: false,
+        }),
+    );
+    assert_eq!(drain(&mut core).0.len(), 1);
+    core.handle_input(
+        failed_at + Duration::from_millis(500),
+        Input::ClientText(r#"{"type":"stop"}"#),
+    );
+    let (outputs, _) = drain(&mut core);
+    let outcome = close_outcome(&outputs);
+    assert_eq!(outcome.reason, SessionCloseReason::ClientHangup);
+    assert_eq!(outcome.provider, "b");
+    assert_eq!(
+        outcome.providers_tried,
+        vec!["a".to_owned(), "b".to_owned()]
+    );
+    assert_eq!(outcome.failovers, 1);
+    assert_eq!(outcome.failover_gap_ms, Some(120));
+    // Caller audio is counted once, replayed or not: 13 frames.
+    assert_eq!(outcome.audio_in_ms, 260);
+}
+
+/// Twilio has no event channel: a failover sends it only the `clear`, and still moves on. A
+/// next provider at other rates gets rebuilt chains: the replay and new audio at its input
+/// rate, and its replies at its output rate come back as Twilio media.
+#[test]
+fn twilio_fails_over_silently_across_rates() {
+    let t0 = Instant::now();
+    let mut core = SessionCore::new(ClientProtocol::Twilio, SessionConfig::default(), t0);
+    core.handle_input(t0, Input::ClientText(TWILIO_START));
+    drain(&mut core);
+    core.handle_input(
+        t0,
+        Input::Admitted(Admission {
+            session_id: Uuid::now_v7(),
+            provider: spec("stt", 16_000, 16_000),
+            fallbacks: vec![spec("s2s", 24_000, 24_000)],
+        }),
+    );
+    drain(&mut core);
+    for _ in 0..25 {
+        core.handle_input(t0, Input::ClientText(&media(&[0xFF; 160])));
+    }
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![320; 25]);
+
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    let (outputs, _) = drain(&mut core);
+    let [Output::StartProvider(next), Output::ToClientText(clear)] = outputs.as_slice() else {
+        panic!("expected StartProvider then clear: {outputs:?}");
+    };
+    assert_eq!(next.name, "s2s");
+    assert!(clear.contains(r#""event":"clear""#), "{clear}");
+
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    let (outputs, deadline) = drain(&mut core);
+    assert_eq!(audio_frames(&outputs).len(), 20, "a first burst at once");
+    assert_eq!(
+        deadline,
+        t0 + Duration::from_millis(10),
+        "the next one 10 ms later"
+    );
+    core.handle_input(t0, Input::ClientText(&media(&[0xFF; 160])));
+    assert!(
+        drain(&mut core).0.is_empty(),
+        "new audio waits behind the replay"
+    );
+    let (rest, _) = drain_replay(&mut core, t0);
+    let replayed: Vec<usize> = audio_frames(&outputs)
+        .into_iter()
+        .chain(audio_frames(&rest))
+        .collect();
+    assert!(
+        replayed.iter().all(|&n| n == 480) && (24..=26).contains(&replayed.len()),
+        "the ring, moved to 24 kHz, and the frame that waited: {replayed:?}"
+    );
+    core.handle_input(t0, Input::ClientText(&media(&[0xFF; 160])));
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![480]);
+    // 20 ms at 24 kHz back: one media message of 160 mu-law bytes.
+    core.handle_input(
+        t0 + Duration::from_millis(40),
+        Input::Provider(ProviderEvent::Audio(vec![0; 480])),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.as_slice(), [Output::ToClientText(t)] if t.starts_with(r#"{"event":"media""#)),
+        "{outputs:?}"
+    );
+    core.handle_input(t0 + Duration::from_millis(50), Input::ClientClosed);
+    let (outputs, _) = drain(&mut core);
+    let outcome = close_outcome(&outputs);
+    assert_eq!(outcome.failovers, 1);
+    assert_eq!(outcome.failover_gap_ms, Some(40));
+    assert_eq!(
+        outcome.providers_tried,
+        vec!["stt".to_owned(), "s2s".to_owned()]
+    );
+}
+
+/// The ring holds the last REPLAY_MS only: a long call replays exactly that much, and audio
+/// held during a long connect pushes the oldest out rather than growing.
+#[test]
+fn replay_is_bounded_to_the_last_replay_ms() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(t0, spec("a", 8_000, 8_000), vec![spec("b", 8_000, 8_000)]);
+    let ring_frames = (REPLAY_MS / 20) as usize;
+    for _ in 0..(ring_frames + 100) {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(1)));
+    }
+    drain(&mut core);
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    drain(&mut core);
+    for _ in 0..40 {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(2)));
+    }
+    assert!(drain(&mut core).0.is_empty());
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    let (outputs, _) = drain_replay(&mut core, t0);
+    assert_eq!(audio_frames(&outputs), vec![160; ring_frames]);
+    // The newest 40 frames (held during the connect) are the last ones out.
+    let tail: Vec<i16> = outputs[ring_frames - 41..]
+        .iter()
+        .map(|o| match o {
+            Output::ToProvider(ProviderCommand::Audio(f)) => f[0],
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(tail[0], 1);
+    assert!(tail[1..].iter().all(|&s| s == 2), "{tail:?}");
+}
+
+/// A provider refused at connect time (before `Ready`) fails over too: the audio the caller
+/// sent while it was connecting is in the ring and reaches the next provider.
+#[test]
+fn refused_at_connect_fails_over_with_the_early_audio() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    for _ in 0..3 {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(5)));
+    }
+    // Sent to the connecting provider, which queues them; it is then refused.
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![320; 3]);
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::Error {
+            message: "401".into(),
+            fatal: true,
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(matches!(outputs.first(), Some(Output::StartProvider(s)) if s.name == "b"));
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    assert_eq!(audio_frames(&drain(&mut core).0), vec![320; 3]);
+}
+
+/// When no provider is left the session ends with PROVIDER_ERROR, as it did before failover,
+/// and the record still shows every provider tried and the failovers made.
+#[test]
+fn no_provider_left_ends_with_provider_error() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    drain(&mut core);
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::Error {
+            message: "refused".into(),
+            fatal: true,
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    let [
+        Output::ToClientText(error),
+        Output::ToProvider(ProviderCommand::Finish),
+        Output::ToClientText(ended),
+        Output::Close(outcome),
+    ] = outputs.as_slice()
+    else {
+        panic!("expected error, Finish, session.ended, Close: {outputs:?}");
+    };
+    assert!(error.contains(r#""code":"provider_error""#), "{error}");
+    assert_eq!(
+        ended,
+        r#"{"type":"session.ended","reason":"PROVIDER_ERROR"}"#
+    );
+    assert_eq!(outcome.reason, SessionCloseReason::ProviderError);
+    assert_eq!(
+        outcome.providers_tried,
+        vec!["a".to_owned(), "b".to_owned()]
+    );
+    assert_eq!(outcome.failovers, 1);
+    assert_eq!(
+        outcome.failover_gap_ms, None,
+        "nobody answered after the failure"
+    );
+}
+
+/// A provider that ends the conversation normally is not a failure: PROVIDER_CLOSED, no
+/// failover even with fallbacks left; a non-fatal error is only reported.
+#[test]
+fn a_normal_close_or_a_non_fatal_error_does_not_fail_over() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::Error {
+            message: "bad frame".into(),
+            fatal: false,
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.as_slice(), [Output::ToClientText(t)] if t.contains("provider_error")),
+        "{outputs:?}"
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: false }));
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::StartProvider(_)))
+    );
+    let outcome = close_outcome(&outputs);
+    assert_eq!(outcome.reason, SessionCloseReason::ProviderClosed);
+    assert_eq!(outcome.failovers, 0);
+    assert_eq!(outcome.providers_tried, vec!["a".to_owned()]);
 }

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::messages::{
-    Admit, AdmitError, Drain, EndSession, Flush, FlushReport, ListLive, LiveSession,
-    RecordUnadmitted, Replay, SessionEnded, Stats, SupervisorStats, TakeQueued,
+    Admit, AdmitError, Drain, EndOne, EndSession, Flush, FlushReport, ListLive, LiveSession,
+    RecordUnadmitted, Replay, SessionEnded, Stats, StopAdmitting, SupervisorStats, TakeQueued,
 };
 use super::{LIVENESS_SWEEP_INTERVAL, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN, STORE_WRITE_TIMEOUT};
 use crate::close_reason::SessionCloseReason;
@@ -275,6 +275,15 @@ impl Handler<ListLive> for Supervisor {
     }
 }
 
+impl Handler<StopAdmitting> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: StopAdmitting, _: &mut Context<Self>) -> usize {
+        self.draining = true;
+        self.live.len()
+    }
+}
+
 impl Handler<Drain> for Supervisor {
     type Result = usize;
 
@@ -286,6 +295,20 @@ impl Handler<Drain> for Supervisor {
             });
         }
         self.live.len()
+    }
+}
+
+impl Handler<EndOne> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: EndOne, _: &mut Context<Self>) -> bool {
+        match self.live.get(&msg.id) {
+            Some(live) => {
+                live.session.do_send(EndSession { reason: msg.reason });
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -566,6 +589,56 @@ mod tests {
             .unwrap();
         assert_eq!(report.still_queued, 0);
         assert!(store.get(id).unwrap().1.is_some(), "start and end landed");
+    }
+
+    /// EndOne tells exactly the named live session to end, with the given reason, and says
+    /// whether it was live here.
+    #[actix_rt::test]
+    async fn end_one_reaches_only_that_session() {
+        let store = Arc::new(InMemorySessionStore::new());
+        let supervisor = Supervisor::new(store, SupervisorConfig::default()).start();
+        let first = start(None);
+        let first_id = first.id;
+        let (answer, first_seen) = admit(&supervisor, first, None).await;
+        answer.unwrap();
+        let (answer, second_seen) = admit(&supervisor, start(None), None).await;
+        answer.unwrap();
+        let reason = SessionCloseReason::KilledByAdmin;
+        assert!(
+            supervisor
+                .send(EndOne {
+                    id: first_id,
+                    reason
+                })
+                .await
+                .unwrap()
+        );
+        let unknown = EndOne {
+            id: Uuid::now_v7(),
+            reason,
+        };
+        assert!(!supervisor.send(unknown).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*first_seen.lock().unwrap(), [reason]);
+        assert!(second_seen.lock().unwrap().is_empty());
+    }
+
+    /// StopAdmitting refuses new sessions but leaves the live ones alone.
+    #[actix_rt::test]
+    async fn stop_admitting_refuses_new_sessions_only() {
+        let store = Arc::new(InMemorySessionStore::new());
+        let supervisor = Supervisor::new(store, SupervisorConfig::default()).start();
+        let (answer, seen) = admit(&supervisor, start(None), None).await;
+        answer.unwrap();
+        assert_eq!(supervisor.send(StopAdmitting).await.unwrap(), 1);
+        let (refused, _) = admit(&supervisor, start(None), None).await;
+        assert_eq!(refused, Err(AdmitError::Draining));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "the live session was not told to end"
+        );
+        assert_eq!(supervisor.send(ListLive).await.unwrap().len(), 1);
     }
 
     /// Drain refuses new sessions and tells every live one to end with SHUTDOWN.

@@ -80,7 +80,7 @@ pub struct EndSession {
 pub struct ListLive;
 
 /// One live session, as [`ListLive`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LiveSession {
     /// Session id.
     pub id: Uuid,
@@ -93,6 +93,24 @@ pub struct LiveSession {
     /// When it was accepted.
     pub started_at: DateTime<Utc>,
 }
+
+/// Admin API → supervisor: end live session `id` with `reason` (`KILLED_BY_ADMIN`). Returns
+/// whether the session was live in this process.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct EndOne {
+    /// Which session.
+    pub id: Uuid,
+    /// Why.
+    pub reason: SessionCloseReason,
+}
+
+/// Server → supervisor, first step of a graceful shutdown: admit no new session (they are
+/// refused with [`AdmitError::Draining`]) and leave the live ones be. Returns how many are
+/// live.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct StopAdmitting;
 
 /// Server → supervisor: stop admitting and end every live session with
 /// [`SessionCloseReason::Shutdown`]. Returns how many sessions were told to end.

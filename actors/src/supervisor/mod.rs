@@ -23,16 +23,16 @@
 //!   supervisor then frees the slot the admission took. Any registered session whose actor
 //!   stops without a word is ended on record (`INTERNAL_ERROR`) within
 //!   [`LIVENESS_SWEEP_INTERVAL`], so a key's slots never leak.
-//! - Sessions handle [`EndSession`]: the supervisor sends it on [`Drain`] (shutdown), and the
-//!   admin API will send it to end one session.
+//! - Sessions handle [`EndSession`]: the supervisor sends it on [`Drain`] (shutdown) and on
+//!   [`EndOne`] (the admin API ending one session).
 
 mod actor;
 mod messages;
 
 pub use actor::{Supervisor, SupervisorConfig};
 pub use messages::{
-    Admit, AdmitError, Drain, EndSession, Flush, FlushReport, ListLive, LiveSession,
-    RecordUnadmitted, Replay, SessionEnded, Stats, SupervisorStats, TakeQueued,
+    Admit, AdmitError, Drain, EndOne, EndSession, Flush, FlushReport, ListLive, LiveSession,
+    RecordUnadmitted, Replay, SessionEnded, Stats, StopAdmitting, SupervisorStats, TakeQueued,
 };
 
 use std::time::Duration;
