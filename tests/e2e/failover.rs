@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use voxroute::store::SessionRow;
-use voxroute_loadtest::standin::{self, FailMode, Knobs, Provider, Stats};
+use voxroute_loadtest::standin::{FailMode, Knobs, Provider, Stats};
 
 use crate::harness::{
     Conn, NATIVE, NativeCaller, RouterOptions, Setup, TestDb, TwilioCaller, WAIT, mulaw,
-    pcm16_bytes, speech_8k,
+    pcm16_bytes, speech_8k, standin_with,
 };
 
 /// When the failing stand-in kills its connection, after the upgrade, in seconds.
@@ -41,15 +41,6 @@ const MAX_GAP: Duration = Duration::from_millis(500);
 
 /// How often the streaming loop looks at what has arrived (the gaps' resolution).
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
-
-/// A stand-in on its own port, and its counters.
-async fn standin_with(knobs: Knobs) -> (SocketAddr, Stats) {
-    let stats = Stats::new();
-    let (addr, _task) = standin::spawn_with_stats(knobs, stats.clone())
-        .await
-        .expect("the stand-in binds");
-    (addr, stats)
-}
 
 /// Knobs that kill every connection `FAIL_AFTER_SECS` after its upgrade, the `mode` way.
 fn failing(mode: FailMode, after_secs: f64) -> Knobs {

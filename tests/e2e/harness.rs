@@ -499,6 +499,18 @@ fn capture(
     }
 }
 
+/// A stand-in provider server (all four hosted protocols, `voxroute-standin`) on its own
+/// loopback port in this process, and its counters.
+pub(crate) async fn standin_with(
+    knobs: voxroute_loadtest::standin::Knobs,
+) -> (SocketAddr, voxroute_loadtest::standin::Stats) {
+    let stats = voxroute_loadtest::standin::Stats::new();
+    let (addr, _task) = voxroute_loadtest::standin::spawn_with_stats(knobs, stats.clone())
+        .await
+        .expect("the stand-in binds");
+    (addr, stats)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Setup: router + store + database
 

@@ -13,20 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use voxroute_loadtest::standin::{self, Knobs, Provider, Stats};
+use voxroute_loadtest::standin::{Knobs, Provider};
 
 use crate::harness::{
     NATIVE, NativeCaller, RouterOptions, Setup, TestDb, WAIT, eventually, pcm16_samples, speech_8k,
+    standin_with,
 };
-
-/// A stand-in on its own port, and its counters.
-async fn standin_with(knobs: Knobs) -> (SocketAddr, Stats) {
-    let stats = Stats::new();
-    let (addr, _task) = standin::spawn_with_stats(knobs, stats.clone())
-        .await
-        .expect("the stand-in binds");
-    (addr, stats)
-}
 
 /// A router whose hosted providers all point at the stand-in at `addr`, with keys set; plus
 /// `config` (TOML).
