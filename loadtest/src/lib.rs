@@ -1,7 +1,23 @@
 //! # voxroute-loadtest: the load generator's library and the stand-in provider server
 //!
+//! The load generator drives N concurrent sessions against a **running** router over the
+//! Twilio protocol or the native WebSocket, each sending speech at real time in 20 ms frames,
+//! and hosts the provider at the far end in the same process, so that the router's added
+//! latency is measured on one clock. [`run`] (or [`run_with_provider`]) does a whole run and
+//! returns a [`Report`]; the `voxroute-loadtest` binary parses flags and calls it.
+//!
 //! # Layout
 //!
+//! - [`config`]: [`LoadConfig`] (what to run, and its bounds: at most [`MAX_SESSIONS`]
+//!   sessions and an hour each of ramp and duration, loopback only) and [`LoadError`];
+//! - [`signal`]: what the callers say: speech with an in-band session id and sequence
+//!   markers that survive mu-law and resampling, and how frames are matched across the
+//!   router (read its doc for the latency method);
+//! - [`provider`]: the in-process ws-pcm provider that echoes and timestamps every frame;
+//! - [`drive`]: the callers and the run's timeline (ramp, steady window, drain, hang-up);
+//! - [`measure`]: latency histograms, the router's CPU and RSS from `/proc`, and the DSP-only
+//!   cost of the same chains measured with `voxroute-codecs`;
+//! - [`report`]: the [`Report`] (JSON schema and human summary);
 //! - [`standin`]: a server that speaks the real wire protocols of OpenAI Realtime, Deepgram
 //!   live transcription, the ElevenLabs Agents conversation and the Gemini Live API on one
 //!   port, with a deterministic "model" (it echoes audio and reports transcripts of the audio's
@@ -10,8 +26,6 @@
 //!   instead of the real providers. The `voxroute-standin` binary serves it from the command
 //!   line; tests host it in-process with [`standin::spawn`].
 //!
-//! The load generator itself (binary `voxroute-loadtest`) arrives with the session router.
-//!
 //! # What callers must keep
 //!
 //! The stand-in never panics on client input: bad input gets what the real service would
@@ -19,4 +33,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod drive;
+pub mod measure;
+pub mod provider;
+pub mod report;
+pub mod signal;
 pub mod standin;
+
+pub use config::{LoadConfig, LoadError, MAX_SESSIONS, Target, Transport};
+pub use drive::{run, run_with_provider};
+pub use provider::Provider;
+pub use report::Report;
