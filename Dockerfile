@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
-# voxroute's container image, in two stages: a full Rust toolchain builds the release binary,
-# and a slim Debian image runs it as an unprivileged user. Build it with
+# voxroute's container image, in two stages: a full Rust toolchain builds the release
+# binaries, and a slim Debian image runs them as an unprivileged user. Build it with
 # `docker compose build` (see docker-compose.yml) or `docker build -t voxroute .`.
+#
+# The image holds two programs: `voxroute` (the entrypoint: `serve` by default) and
+# `voxroute-standin`, the stand-in provider server docker-compose.yml runs with
+# `entrypoint: ["voxroute-standin"]`.
 
 # ---- build ----------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
@@ -15,11 +19,12 @@ WORKDIR /src
 COPY . .
 
 # The cache mounts keep downloaded crates and compiled dependencies between builds; the
-# binary is copied out of the cached target/ so that the next stage can take it.
+# binaries are copied out of the cached target/ so that the next stage can take them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p voxroute \
-    && cp target/release/voxroute /usr/local/bin/voxroute
+    cargo build --release --locked -p voxroute --bin voxroute \
+        -p voxroute-loadtest --bin voxroute-standin \
+    && cp target/release/voxroute target/release/voxroute-standin /usr/local/bin/
 
 # ---- run ------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -35,6 +40,7 @@ RUN useradd --system --user-group --create-home --home-dir /var/lib/voxroute \
     --shell /usr/sbin/nologin voxroute
 
 COPY --from=builder /usr/local/bin/voxroute /usr/local/bin/voxroute
+COPY --from=builder /usr/local/bin/voxroute-standin /usr/local/bin/voxroute-standin
 
 USER voxroute
 WORKDIR /var/lib/voxroute

@@ -11,16 +11,22 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `GET /admin/sessions/live` | the sessions live in this process |
-//! | `DELETE /admin/sessions/{id}` | end a live session here with `KILLED_BY_ADMIN` (`204`; `404` if it is not live here) |
+//! | `GET /admin/sessions/live` | the live sessions: of every replica on PostgreSQL (each with its `node_id`), of this process on SQLite |
+//! | `DELETE /admin/sessions/{id}` | end a live session with `KILLED_BY_ADMIN`: `204` if it was live here, `202` if another replica holds it (asked by `NOTIFY`), `404` `not_live_here` if no replica does |
 //! | `GET /admin/sessions?api_key_id=&provider=&close_reason=&since=&until=&limit=` | history from the store, newest first (RFC 3339 times; limit 1–10000, default 100) |
 //! | `GET /admin/keys`, `POST /admin/keys` (`{"name", "max_sessions"}`), `DELETE /admin/keys/{id}` | list, create (the key is in the answer, once), revoke |
-//! | `GET /admin/keys/{id}/export` | the key's row and every session record of it |
+//! | `GET /admin/keys/{id}/export` | the key's row, every session record of it, and its usage per day and provider |
 //! | `DELETE /admin/keys/{id}/data` | erase the key's session records and the key |
 //!
-//! Live sessions are those of the replica answering; with several replicas the history is
-//! shared (one database) but the live list and ending a session are per replica.
+//! With several replicas on one PostgreSQL ([`crate::replicas`]) any replica answers for all:
+//! the live list comes from the session leases (plus this process's own sessions, so one
+//! admitted while the leases were out of reach still shows), and a session held elsewhere is
+//! ended by its holder, which `LISTEN`s for the request. If the database does not answer, the
+//! live list is this replica's alone and says so (`"partial": true`). The answer names the
+//! replica that gave it (`node_id`). On SQLite the live list
+//! and ending a session are this process's only.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -30,9 +36,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 use voxroute_actors::close_reason::SessionCloseReason;
-use voxroute_actors::supervisor::{EndOne, ListLive};
+use voxroute_actors::supervisor::{EndOne, ListLive, LiveSession};
 
 use crate::edge::{AppState, problem};
+use crate::replicas::ClusterSession;
 use crate::store::{QueryError, SessionFilter};
 
 /// Most history rows one request returns.
@@ -121,13 +128,49 @@ async fn live_sessions(req: HttpRequest, state: State) -> HttpResponse {
     if let Some(refusal) = refuse(&req, &state) {
         return refusal;
     }
-    match state.supervisor.send(ListLive).await {
-        Ok(live) => HttpResponse::Ok().json(serde_json::json!({ "sessions": live })),
-        Err(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "supervisor_unavailable",
-            "the supervisor is not running",
-        ),
+    let local = match state.supervisor.send(ListLive).await {
+        Ok(live) => live,
+        Err(_) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "supervisor_unavailable",
+                "the supervisor is not running",
+            );
+        }
+    };
+    let Some(cluster) = &state.cluster else {
+        return HttpResponse::Ok().json(serde_json::json!({ "sessions": local }));
+    };
+    let as_cluster = |live: LiveSession| ClusterSession {
+        id: live.id,
+        api_key_id: live.api_key_id,
+        endpoint: Some(live.endpoint),
+        provider: Some(live.provider),
+        started_at: live.started_at,
+        node_id: cluster.node_id(),
+    };
+    match cluster.live_sessions().await {
+        Ok(mut sessions) => {
+            let leased: HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
+            sessions.extend(
+                local
+                    .into_iter()
+                    .filter(|live| !leased.contains(&live.id))
+                    .map(as_cluster),
+            );
+            HttpResponse::Ok().json(serde_json::json!({
+                "node_id": cluster.node_id(),
+                "sessions": sessions,
+            }))
+        }
+        Err(_) => {
+            let sessions: Vec<ClusterSession> = local.into_iter().map(as_cluster).collect();
+            HttpResponse::Ok().json(serde_json::json!({
+                "node_id": cluster.node_id(),
+                "sessions": sessions,
+                "partial": true,
+            }))
+        }
     }
 }
 
@@ -141,17 +184,41 @@ async fn end_session(req: HttpRequest, state: State, id: web::Path<String>) -> H
     };
     let reason = SessionCloseReason::KilledByAdmin;
     match state.supervisor.send(EndOne { id, reason }).await {
-        Ok(true) => HttpResponse::NoContent().finish(),
-        Ok(false) => problem(
+        Ok(true) => return HttpResponse::NoContent().finish(),
+        Ok(false) => {}
+        Err(_) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "supervisor_unavailable",
+                "the supervisor is not running",
+            );
+        }
+    }
+    let Some(cluster) = &state.cluster else {
+        return problem(
             StatusCode::NOT_FOUND,
             "not_live_here",
             "no live session with this id on this replica",
-        ),
-        Err(_) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "supervisor_unavailable",
-            "the supervisor is not running",
-        ),
+        );
+    };
+    let holder = match cluster.holder(id).await {
+        Ok(Some(node_id)) => node_id,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not_live_here",
+                "no live session with this id on any replica",
+            );
+        }
+        Err(error) => return store_failed(&error),
+    };
+    match cluster.request_end(id).await {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({
+            "id": id,
+            "node_id": holder,
+            "status": "forwarded",
+        })),
+        Err(error) => store_failed(&error),
     }
 }
 
@@ -283,12 +350,39 @@ async fn export_key(req: HttpRequest, state: State, id: web::Path<String>) -> Ht
         limit: u32::MAX,
         ..SessionFilter::default()
     };
-    match state.store.find_sessions(&filter).await {
-        Ok(sessions) => {
-            HttpResponse::Ok().json(serde_json::json!({ "key": key, "sessions": sessions }))
-        }
-        Err(error) => store_failed(&error),
-    }
+    let sessions = match state.store.find_sessions(&filter).await {
+        Ok(sessions) => sessions,
+        Err(error) => return store_failed(&error),
+    };
+    // The per-provider audio of those sessions, per day, over all time (timestamps both
+    // backends can compare: no session starts before 1970 or after tomorrow).
+    let until = Utc::now() + chrono::Duration::days(1);
+    let usage = match state
+        .store
+        .key_usage(id, DateTime::<Utc>::UNIX_EPOCH, until)
+        .await
+    {
+        Ok(usage) => usage,
+        Err(error) => return store_failed(&error),
+    };
+    let usage: Vec<serde_json::Value> = usage
+        .days
+        .iter()
+        .map(|day| {
+            serde_json::json!({
+                "date": day.day.to_string(),
+                "provider": day.provider,
+                "sessions": day.sessions,
+                "audio_in_ms": day.audio_in_ms,
+                "audio_out_ms": day.audio_out_ms,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "key": key,
+        "sessions": sessions,
+        "usage": usage,
+    }))
 }
 
 async fn erase_key(req: HttpRequest, state: State, id: web::Path<String>) -> HttpResponse {

@@ -13,11 +13,12 @@ use serde::Deserialize;
 
 use crate::health::HealthConfig;
 use crate::limits::LimitsConfig;
-use crate::routing::{DEFAULT_ROUTE, ProviderConfig, RouteConfig};
+use crate::routing::{DEFAULT_ROUTE, ECHO, ProviderConfig, RouteConfig};
+use crate::usage::{ProviderPrice, validate_prices};
 
 /// Everything the TOML file can set. Add a section as a new field with `#[serde(default)]`
 /// semantics (its type implements `Default`) and document it in `voxroute.example.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
@@ -37,6 +38,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[health]`: when a failing provider is skipped (circuit breaker), for every route.
     pub health: HealthConfig,
+    /// `[prices.PROVIDER]`: US dollars per minute of audio in and out, for the estimated
+    /// cost of `GET /v1/usage`. A provider without a table costs nothing; a table must name
+    /// a configured or built-in provider.
+    pub prices: BTreeMap<String, ProviderPrice>,
 }
 
 impl Default for Config {
@@ -49,6 +54,7 @@ impl Default for Config {
             routes: BTreeMap::new(),
             limits: LimitsConfig::default(),
             health: HealthConfig::default(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -173,7 +179,12 @@ impl Config {
             return Err("session.idle_timeout_secs must be at least 1".to_owned());
         }
         self.health.validate()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        validate_prices(&self.prices, |name| {
+            self.providers.contains_key(name)
+                || name == ECHO
+                || crate::hosted::Hosted::ALL.iter().any(|h| h.name() == name)
+        })
     }
 }
 
@@ -247,6 +258,34 @@ mod tests {
             .resolve(&voxroute_actors::protocol::RouteTarget::Default)
             .unwrap();
         assert_eq!(resolved.provider.name, "my-model");
+    }
+
+    #[test]
+    fn prices_are_read_validated_and_named_in_errors() {
+        let config = Config::parse(
+            "[providers.mine]\nkind = \"echo\"\n\
+             [prices.mine]\nusd_per_minute_in = 0.5\n\
+             [prices.openai]\nusd_per_minute_in = 0.06\nusd_per_minute_out = 0.24\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(config.prices["mine"].usd_per_minute_in, 0.5);
+        assert_eq!(config.prices["mine"].usd_per_minute_out, 0.0, "default 0");
+        assert_eq!(config.prices["openai"].usd_per_minute_out, 0.24);
+        let problem = |text: &str| match Config::parse(text) {
+            Err(ParseProblem::Invalid(message)) => message,
+            Err(ParseProblem::Toml(error)) => error.to_string(),
+            Ok(_) => panic!("accepted: {text}"),
+        };
+        let message = problem("[prices.echo]\nusd_per_minute_out = -1.0\n");
+        assert!(
+            message.contains("prices.echo.usd_per_minute_out"),
+            "{message}"
+        );
+        let message = problem("[prices.nobody]\nusd_per_minute_in = 1.0\n");
+        assert!(message.contains("prices.nobody"), "{message}");
+        let message = problem("[prices.echo]\nusd_per_minute = 1.0\n");
+        assert!(message.contains("usd_per_minute"), "{message}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`admin`]: the admin API (`/admin/...`, bearer token): live sessions, history, keys, GDPR.
 //! - [`cli`]: the command-line contract of `../shared/DESIGN.md` (`serve`, `keys`, `sessions`,
 //!   `retention`) and the commands other than `serve`.
-//! - [`config`]: the TOML configuration file (`--config`): sessions, providers, routes,
+//! - [`config`]: the TOML configuration file (`--config`): sessions, providers, routes, prices,
 //!   retention.
 //! - [`limits`]: the per-key token bucket of new sessions.
 //! - [`keys`]: API keys: generation, format check, the stored prefix and SHA-256 hash.
@@ -23,10 +23,14 @@
 //!   latencies the routes order their providers by.
 //! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
 //!   authentication, the per-session WebSocket actor, health checks.
+//! - [`replicas`]: several replicas on one PostgreSQL: registry, session leases (per-key limits
+//!   across replicas), the cross-replica admin kill (`LISTEN`/`NOTIFY`).
 //! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.
 //! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
 //! - [`tls`]: the rustls configuration of `--tls-cert`/`--tls-key`.
 //! - [`spool`]: the file that keeps session records the store could not take by shutdown.
+//! - [`usage`]: metering for callers: the price table and `GET /v1/usage` (a key's own usage
+//!   per day and provider, with an estimated cost).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -39,8 +43,10 @@ pub mod hosted;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod replicas;
 pub mod routing;
 pub mod server;
 pub mod spool;
 pub mod store;
 pub mod tls;
+pub mod usage;

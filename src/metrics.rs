@@ -103,6 +103,7 @@ pub struct Metrics {
     store_retries: Gauge,
     store_dropped: Gauge,
     store_rejected: Gauge,
+    lease_fallbacks: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
 }
@@ -134,6 +135,7 @@ impl Metrics {
             store_retries: Gauge::default(),
             store_dropped: Gauge::default(),
             store_rejected: Gauge::default(),
+            lease_fallbacks: Gauge::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
         };
@@ -210,6 +212,12 @@ impl Metrics {
                 "store_writes_rejected",
                 "Session-record writes the store rejected",
                 m.store_rejected.clone(),
+            );
+            r.register(
+                "lease_fallbacks",
+                "Admissions decided on this replica's own count because the database did not \
+                 answer for the cross-replica session lease",
+                m.lease_fallbacks.clone(),
             );
         }
         {
@@ -316,6 +324,7 @@ impl Metrics {
         self.store_retries.set(as_i64(store.retries));
         self.store_dropped.set(as_i64(store.dropped_queue_full));
         self.store_rejected.set(as_i64(store.rejected));
+        self.lease_fallbacks.set(as_i64(store.lease_fallbacks));
         if let Some(process) = ProcessUsage::read() {
             // A counter (Prometheus's `process_cpu_seconds_total`): add what was used since
             // the last scrape.

@@ -19,6 +19,13 @@
 //!
 //! At the next start the spool is replayed ahead of any new record, and deleted once those
 //! writes have reached the store.
+//!
+//! # Several replicas
+//!
+//! On PostgreSQL the process joins the deployment ([`crate::replicas`]) before it listens: it
+//! registers, hands the supervisor the session leases, and listens for admin kills; on a
+//! graceful shutdown it leaves (its leases and row are deleted) just before the store closes.
+//! The TTL comes from `VOXROUTE_REPLICA_TTL_SECS`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -98,7 +105,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .open()
         .await
         .context("cannot open the session store")?;
-    let supervisor = Supervisor::new(Arc::new(store.clone()), SupervisorConfig::default()).start();
+    let replica_ttl = crate::replicas::ttl_from_env()?;
+    let cluster = crate::replicas::Cluster::join(
+        &store,
+        replica_ttl,
+        Some(args.listen).filter(|a| a.port() != 0),
+    )
+    .await
+    .context("cannot register this replica in the store")?;
+    let mut supervisor = Supervisor::new(Arc::new(store.clone()), SupervisorConfig::default());
+    if let Some(cluster) = &cluster {
+        tracing::info!(node_id = %cluster.node_id(), ttl_secs = cluster.ttl().as_secs(), "registered as a replica");
+        supervisor =
+            supervisor.with_leases(Arc::new(cluster.clone()), cluster.heartbeat_interval());
+    }
+    let supervisor = supervisor.start();
+    if let Some(cluster) = &cluster {
+        actix_web::rt::spawn(cluster.clone().listen_for_ends(supervisor.clone()));
+    }
     let spool_file = args.spool_file.clone();
     let drain_grace_secs = args.drain_grace_secs;
     let replayed = replay_spool(&spool_file, &supervisor).await?;
@@ -123,6 +147,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token: std::env::var("VOXROUTE_ADMIN_TOKEN")
             .ok()
             .filter(|token| !token.trim().is_empty()),
+        prices: config.prices.clone(),
+        cluster: cluster.clone(),
     });
 
     let app_state = Arc::clone(&state);
@@ -184,6 +210,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     server.await.context("the HTTP server failed")?;
+    if let Some(cluster) = &cluster
+        && let Err(error) = cluster.leave().await
+    {
+        tracing::warn!(%error, "cannot deregister this replica; its rows expire with the TTL");
+    }
     store.close().await;
     Ok(())
 }

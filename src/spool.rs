@@ -162,6 +162,7 @@ mod tests {
                 audio_out_ms: 1_960,
                 failovers: 0,
                 first_response_ms: Some(12),
+                usage: Vec::new(),
             }),
         ]
     }

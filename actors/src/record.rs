@@ -56,6 +56,21 @@ pub struct SessionStart {
     pub started_at: DateTime<Utc>,
 }
 
+/// One provider's share of a session's audio: what the caller sent while that provider was
+/// the session's provider, and what it sent back. A session that failed over has one per
+/// provider segment, in order; their sums are the session's `audio_in_ms` and `audio_out_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderUsage {
+    /// The provider's name, as in `sessions.provider` and `providers_tried`.
+    pub provider: String,
+    /// Caller audio counted for this provider, in milliseconds: forwarded to it, or held for
+    /// it while it connected after a failover. Replayed audio is counted once, for the
+    /// provider it was first counted for.
+    pub audio_in_ms: i64,
+    /// Audio of this provider sent to the caller, in milliseconds.
+    pub audio_out_ms: i64,
+}
+
 /// The fields that complete a record when its session ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnd {
@@ -79,6 +94,11 @@ pub struct SessionEnd {
     pub failovers: i32,
     /// From the first caller audio to the first provider response, in milliseconds.
     pub first_response_ms: Option<i64>,
+    /// The audio per provider segment, in order (stored in `session_usage`, summed per
+    /// provider). Empty for sessions that never reached a provider, and in spool lines
+    /// written before metering existed (hence the serde default).
+    #[serde(default)]
+    pub usage: Vec<ProviderUsage>,
 }
 
 /// One write of a record: the two steps above, in the order the store must take them. The
@@ -124,10 +144,29 @@ mod tests {
             audio_out_ms: 980,
             failovers: 0,
             first_response_ms: Some(21),
+            usage: vec![ProviderUsage {
+                provider: "echo".into(),
+                audio_in_ms: 1_000,
+                audio_out_ms: 980,
+            }],
         });
         let line = serde_json::to_string(&end).unwrap();
         assert!(line.starts_with(r#"{"end":{"#), "{line}");
         assert!(!line.contains('\n'));
         assert_eq!(serde_json::from_str::<RecordWrite>(&line).unwrap(), end);
+    }
+
+    /// A spool line written before metering existed has no `usage`: it still replays, with
+    /// no usage.
+    #[test]
+    fn an_end_without_usage_still_parses() {
+        let line = r#"{"end":{"id":"0193a0a0-0000-7000-8000-000000000001","ended_at":"2026-12-01T10:00:00Z","duration_ms":2000,"close_reason":"CLIENT_HANGUP","provider":"echo","providers_tried":["echo"],"audio_in_ms":1980,"audio_out_ms":1960,"failovers":0,"first_response_ms":12}}"#;
+        match serde_json::from_str::<RecordWrite>(line).unwrap() {
+            RecordWrite::End(end) => {
+                assert!(end.usage.is_empty());
+                assert_eq!(end.audio_in_ms, 1_980);
+            }
+            other => panic!("expected an end, got {other:?}"),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Where session records go: the [`SessionStore`] trait the supervisor writes through, and
-//! [`InMemorySessionStore`] for tests.
+//! [`InMemorySessionStore`] for tests; and, with several replicas, where live sessions are
+//! leased: the [`SessionLeases`] trait, and [`InMemoryLeases`] for tests.
 //!
 //! The app implements the trait with SQL (sqlx, SQLite or PostgreSQL); this crate never sees
 //! SQL. Callers of the trait (the supervisor) must keep store latency off the audio path:
@@ -45,6 +46,139 @@ pub trait SessionStore: Send + Sync + 'static {
     fn record_start<'a>(&'a self, start: &'a SessionStart) -> StoreFuture<'a, ()>;
     /// Completes the record of an ended session.
     fn record_end<'a>(&'a self, end: &'a SessionEnd) -> StoreFuture<'a, ()>;
+}
+
+/// What [`SessionLeases::acquire`] is asked for: a lease on one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The session to lease.
+    pub session_id: Uuid,
+    /// The caller's key, if any: its unexpired leases count against `max_sessions`.
+    pub api_key_id: Option<Uuid>,
+    /// The key's concurrent-session limit (`None`: unlimited, the lease is always granted).
+    pub max_sessions: Option<u32>,
+}
+
+/// The answer of [`SessionLeases::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// The lease is taken: the session may start.
+    Granted,
+    /// The key already holds `live` unexpired leases (at least its limit): nothing was taken.
+    Refused {
+        /// The key's unexpired leases, across every replica.
+        live: u32,
+    },
+}
+
+/// One live session as [`SessionLeases::renew`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// The session.
+    pub session_id: Uuid,
+    /// Its key, if any.
+    pub api_key_id: Option<Uuid>,
+}
+
+/// Leases on live sessions shared by every replica of a deployment: what makes a key's
+/// concurrent-session limit hold across replicas. The app implements it on PostgreSQL; a
+/// supervisor without one (SQLite, tests) counts sessions in its own process only.
+///
+/// The supervisor calls these methods off the audio path and bounds each call with a short
+/// timeout: an implementation may be slow or down, and sessions go on regardless (the
+/// supervisor falls back to its own count).
+pub trait SessionLeases: Send + Sync + 'static {
+    /// Called at admission: takes a lease on the session, atomically with the check that the
+    /// key holds fewer than `max_sessions` unexpired leases across every replica. Taking a
+    /// lease the session already holds renews it.
+    fn acquire<'a>(&'a self, request: &'a LeaseRequest) -> StoreFuture<'a, LeaseGrant>;
+    /// Called when an admitted session ends: drops its lease (no error if there is none).
+    fn release<'a>(&'a self, session_id: Uuid) -> StoreFuture<'a, ()>;
+    /// Called every renew interval with every session live in this process: extends their
+    /// leases, taking one for any session without (admitted while the leases were out of
+    /// reach), and marks this replica alive. Leases not renewed expire, which is how a dead
+    /// replica's (or a lost release's) slots come free.
+    fn renew<'a>(&'a self, live: &'a [LeaseEntry]) -> StoreFuture<'a, ()>;
+}
+
+/// Leases in memory, for tests: one instance shared by several supervisors stands for the
+/// database their replicas share. Leases never expire; [`set_down`](Self::set_down) makes
+/// every call fail like an outage.
+#[derive(Debug, Default)]
+pub struct InMemoryLeases {
+    leases: Mutex<HashMap<Uuid, Option<Uuid>>>,
+    down: AtomicBool,
+}
+
+impl InMemoryLeases {
+    /// No lease, up.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every call fail with [`StoreError::Unavailable`] (`true`) or succeed again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Whether session `id` holds a lease.
+    pub fn holds(&self, id: Uuid) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Option<Uuid>>> {
+        // Every change is a single insert or remove: a poisoned map is still consistent.
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("in-memory leases are down".into()));
+        }
+        Ok(())
+    }
+}
+
+impl SessionLeases for InMemoryLeases {
+    fn acquire<'a>(&'a self, request: &'a LeaseRequest) -> StoreFuture<'a, LeaseGrant> {
+        Box::pin(async move {
+            self.check_up()?;
+            let mut leases = self.lock();
+            if let (Some(key), Some(max)) = (request.api_key_id, request.max_sessions) {
+                let live = leases
+                    .iter()
+                    .filter(|(id, k)| **k == Some(key) && **id != request.session_id)
+                    .count();
+                let live = u32::try_from(live).unwrap_or(u32::MAX);
+                if live >= max {
+                    return Ok(LeaseGrant::Refused { live });
+                }
+            }
+            leases.insert(request.session_id, request.api_key_id);
+            Ok(LeaseGrant::Granted)
+        })
+    }
+
+    fn release<'a>(&'a self, session_id: Uuid) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.check_up()?;
+            self.lock().remove(&session_id);
+            Ok(())
+        })
+    }
+
+    fn renew<'a>(&'a self, live: &'a [LeaseEntry]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.check_up()?;
+            let mut leases = self.lock();
+            for entry in live {
+                leases.insert(entry.session_id, entry.api_key_id);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A store in memory, for tests: keeps every record, and can be switched "down" to return

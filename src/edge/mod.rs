@@ -16,6 +16,11 @@
 //! before the upgrade when the key came with it (an empty bucket gets `429` with
 //! `Retry-After`), else when `start` brings the key (close `LIMIT_EXCEEDED`, on record). The
 //! key's concurrent-session limit is the supervisor's, at admission.
+//!
+//! # Usage
+//!
+//! `GET /v1/usage` ([`crate::usage`]) takes the key the same way as the upgrades and through
+//! the same check, [`caller_key`]; it never accepts a keyless caller.
 
 mod session;
 
@@ -64,6 +69,11 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// `VOXROUTE_ADMIN_TOKEN`; `None` closes the admin API.
     pub admin_token: Option<String>,
+    /// `[prices.PROVIDER]`: the estimated cost of `GET /v1/usage`.
+    pub prices: std::collections::BTreeMap<String, crate::usage::ProviderPrice>,
+    /// This replica's membership of the deployment (PostgreSQL); `None` on SQLite, where
+    /// live sessions are this process's alone.
+    pub cluster: Option<crate::replicas::Cluster>,
 }
 
 /// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
@@ -94,6 +104,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
+        .route("/v1/usage", web::get().to(crate::usage::get_usage))
         .configure(crate::admin::configure);
     for endpoint in CALLER_ENDPOINTS {
         cfg.route(
@@ -181,26 +192,9 @@ async fn upgrade(
             "name a provider or a route, not both",
         ));
     };
-    let presented = bearer_key(&req).or(query.api_key);
-    let key: Option<ApiKey> = match presented {
-        None => None,
-        Some(presented) => match state.store.authenticate(&presented).await {
-            Ok(key) => Some(key),
-            Err(AuthError::Store(_)) => {
-                return Ok(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "cannot check the API key now",
-                ));
-            }
-            Err(_) => {
-                return Ok(problem(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_api_key",
-                    "the API key is malformed, unknown or revoked",
-                ));
-            }
-        },
+    let key: Option<ApiKey> = match caller_key(&req, query.api_key, &state.store).await {
+        Ok(key) => key,
+        Err(response) => return Ok(response),
     };
     if let Some(key) = &key
         && let Err(limited) = state
@@ -233,6 +227,37 @@ async fn upgrade(
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(MAX_FRAME_BYTES)
         .start()
+}
+
+/// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer`
+/// header, else `query_key` (the request's `api_key` query parameter). `Ok(None)`: no key was
+/// presented (the endpoint decides whether that is allowed).
+///
+/// # Errors
+///
+/// The response to send instead: `401` (problem+json, `invalid_api_key`) for a malformed,
+/// unknown or revoked key, `503` (`store_unavailable`) when the store cannot check it now.
+pub async fn caller_key(
+    req: &HttpRequest,
+    query_key: Option<String>,
+    store: &Store,
+) -> Result<Option<ApiKey>, HttpResponse> {
+    let Some(presented) = bearer_key(req).or(query_key) else {
+        return Ok(None);
+    };
+    match store.authenticate(&presented).await {
+        Ok(key) => Ok(Some(key)),
+        Err(AuthError::Store(_)) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "cannot check the API key now",
+        )),
+        Err(_) => Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "the API key is malformed, unknown or revoked",
+        )),
+    }
 }
 
 /// The key of an `Authorization: Bearer …` header, if any.

@@ -350,6 +350,7 @@ impl SessionActor {
             audio_out_ms = outcome.audio_out_ms,
             bad_frames = outcome.bad_frames,
             failovers = outcome.failovers,
+            reconnects = outcome.reconnects,
             failover_gap_ms = outcome.failover_gap_ms,
             "session ended"
         );
@@ -390,6 +391,7 @@ impl SessionActor {
             audio_out_ms: outcome.audio_out_ms,
             failovers: i32::try_from(outcome.failovers).unwrap_or(i32::MAX),
             first_response_ms: outcome.first_response_ms,
+            usage: outcome.usage,
         };
         let supervisor = &self.params.state.supervisor;
         if self.admitted {

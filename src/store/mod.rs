@@ -1,4 +1,5 @@
-//! The SQL store: API keys and session records, on SQLite or PostgreSQL.
+//! The SQL store: API keys, session records and their usage per provider, on SQLite or
+//! PostgreSQL.
 //!
 //! [`Store`] is a cheap-to-clone handle over a connection pool of either backend, chosen by
 //! the URL's scheme in [`Store::open`], which also runs the embedded migrations
@@ -48,11 +49,13 @@ mod keys;
 mod retention;
 mod sessions;
 mod types;
+mod usage;
 
 pub use error::{AuthError, QueryError, StoreOpenError};
 pub use keys::{ApiKey, MAX_KEY_NAME_CHARS};
 pub use retention::{RetentionReport, anonymise_ip};
 pub use sessions::{SessionFilter, SessionRow};
+pub use usage::{DailyUsage, KeyUsage};
 
 /// How long opening a pool, or waiting for a free connection, may take before the store counts
 /// as unavailable.

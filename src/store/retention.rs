@@ -2,7 +2,8 @@
 //!
 //! Both rules are idempotent, so running them hourly (`voxroute serve`), on demand
 //! (`voxroute retention run`) or from several replicas at once is safe. Deletion runs first, so
-//! a record past both windows is deleted rather than anonymised.
+//! a record past both windows is deleted rather than anonymised. A deleted record's usage
+//! rows (`session_usage`) are deleted with it, in the same transaction.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -18,7 +19,7 @@ const ANONYMISE_PAGE: usize = 500;
 /// What one retention run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RetentionReport {
-    /// Session records deleted.
+    /// Session records deleted (their usage rows went with them, uncounted).
     pub deleted: u64,
     /// Client IPs rewritten to their anonymised form (already anonymised ones are not
     /// counted again).
@@ -73,13 +74,23 @@ impl Store {
         let mut report = RetentionReport::default();
 
         if let Some(before) = cutoff(now, policy.delete_after_days) {
-            report.deleted = with_pool!(self, |pool| sqlx::query(
-                "DELETE FROM sessions WHERE started_at < $1"
-            )
-            .bind(before)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))?;
+            report.deleted = with_pool!(self, |pool| {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "DELETE FROM session_usage WHERE session_id IN \
+                     (SELECT id FROM sessions WHERE started_at < $1)",
+                )
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+                let deleted = sqlx::query("DELETE FROM sessions WHERE started_at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok::<_, QueryError>(deleted)
+            })?;
         }
 
         if let Some(before) = cutoff(now, policy.anonymise_ip_after_days) {

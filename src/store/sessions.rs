@@ -1,11 +1,17 @@
-//! Session records in the `sessions` table: written by the supervisor through
-//! [`SessionStore`], read by `voxroute sessions list` and the admin API.
+//! Session records in the `sessions` table, and their usage per provider in `session_usage`:
+//! written by the supervisor through [`SessionStore`], read by `voxroute sessions list`, the
+//! admin API and `GET /v1/usage`.
+//!
+//! A session's `session_usage` rows are written with its end, in the same transaction, and
+//! deleted with its record (GDPR erasure here, retention in `retention.rs`): whoever deletes
+//! `sessions` rows must delete their usage first.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use uuid::Uuid;
-use voxroute_actors::record::{SessionEnd, SessionStart};
+use voxroute_actors::record::{ProviderUsage, SessionEnd, SessionStart};
 use voxroute_actors::store::{SessionStore, StoreError, StoreFuture};
 
 use super::types::ProviderList;
@@ -177,8 +183,8 @@ impl Store {
         Ok(rows.into_iter().map(SessionRow::from).collect())
     }
 
-    /// Deletes every session record of key `api_key_id` and the key itself (a GDPR erasure).
-    /// Returns how many session records and keys (0 or 1) were deleted.
+    /// Deletes every session record of key `api_key_id` (with its usage) and the key itself
+    /// (a GDPR erasure). Returns how many session records and keys (0 or 1) were deleted.
     ///
     /// # Errors
     ///
@@ -186,6 +192,13 @@ impl Store {
     pub async fn erase_key(&self, api_key_id: Uuid) -> Result<(u64, u64), QueryError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
+            sqlx::query(
+                "DELETE FROM session_usage WHERE session_id IN \
+                 (SELECT id FROM sessions WHERE api_key_id = $1)",
+            )
+            .bind(api_key_id)
+            .execute(&mut *tx)
+            .await?;
             let sessions = sqlx::query("DELETE FROM sessions WHERE api_key_id = $1")
                 .bind(api_key_id)
                 .execute(&mut *tx)
@@ -244,31 +257,68 @@ impl Store {
         Ok(())
     }
 
-    /// Completes a record; returns `false` if no record `end.id` exists. Writing the same end
-    /// twice leaves the same values.
+    /// Completes a record and writes its usage per provider, in one transaction; returns
+    /// `false` (and writes nothing) if no record `end.id` exists. Writing the same end twice
+    /// leaves the same values: usage rows are set, never added to. A provider missing from a
+    /// later end (e.g. the supervisor's placeholder end of a vanished session, which has no
+    /// usage) keeps the row an earlier end wrote.
     async fn write_end(&self, end: &SessionEnd) -> Result<bool, QueryError> {
+        const UPSERT_USAGE: &str = "INSERT INTO session_usage \
+             (session_id, provider, audio_in_ms, audio_out_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (session_id, provider) DO UPDATE \
+             SET audio_in_ms = excluded.audio_in_ms, audio_out_ms = excluded.audio_out_ms";
         let providers_tried = ProviderList(end.providers_tried.clone());
-        let result = with_pool!(self, |pool| sqlx::query(
-            "UPDATE sessions SET ended_at = $2, duration_ms = $3, close_reason = $4, \
-             provider = $5, providers_tried = $6, audio_in_ms = $7, audio_out_ms = $8, \
-             failovers = $9, first_response_ms = $10 \
-             WHERE id = $1"
-        )
-        .bind(end.id)
-        .bind(end.ended_at.trunc_subsecs(6))
-        .bind(end.duration_ms)
-        .bind(end.close_reason.as_str())
-        .bind(&end.provider)
-        .bind(&providers_tried)
-        .bind(end.audio_in_ms)
-        .bind(end.audio_out_ms)
-        .bind(end.failovers)
-        .bind(end.first_response_ms)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(result > 0)
+        let usage = usage_per_provider(&end.usage);
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE sessions SET ended_at = $2, duration_ms = $3, close_reason = $4, \
+                 provider = $5, providers_tried = $6, audio_in_ms = $7, audio_out_ms = $8, \
+                 failovers = $9, first_response_ms = $10 \
+                 WHERE id = $1",
+            )
+            .bind(end.id)
+            .bind(end.ended_at.trunc_subsecs(6))
+            .bind(end.duration_ms)
+            .bind(end.close_reason.as_str())
+            .bind(&end.provider)
+            .bind(&providers_tried)
+            .bind(end.audio_in_ms)
+            .bind(end.audio_out_ms)
+            .bind(end.failovers)
+            .bind(end.first_response_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                // Nothing to complete; the transaction rolls back on drop.
+                return Ok(false);
+            }
+            for (provider, (audio_in_ms, audio_out_ms)) in &usage {
+                sqlx::query(UPSERT_USAGE)
+                    .bind(end.id)
+                    .bind(*provider)
+                    .bind(*audio_in_ms)
+                    .bind(*audio_out_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
+}
+
+/// A session's segments summed per provider (a provider tried twice has one row); negative
+/// values, which the core never produces, count as 0.
+fn usage_per_provider(segments: &[ProviderUsage]) -> BTreeMap<&str, (i64, i64)> {
+    let mut per_provider: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for segment in segments {
+        let entry = per_provider.entry(segment.provider.as_str()).or_default();
+        entry.0 = entry.0.saturating_add(segment.audio_in_ms.max(0));
+        entry.1 = entry.1.saturating_add(segment.audio_out_ms.max(0));
+    }
+    per_provider
 }
 
 /// Runs a write with [`WRITE_TIMEOUT`]; a timeout is [`StoreError::Unavailable`].

@@ -157,6 +157,10 @@ async fn admin_api_manages_keys_sessions_and_gdpr_requests(db: TestDb) {
     assert_eq!(status, 200);
     assert_eq!(export["key"]["id"], key_id.as_str());
     assert_eq!(export["sessions"].as_array().unwrap().len(), 1, "{export}");
+    let usage = export["usage"].as_array().expect("usage in the export");
+    assert_eq!(usage.len(), 1, "{export}");
+    assert_eq!(usage[0]["provider"], "echo");
+    assert!(usage[0]["audio_in_ms"].as_i64().unwrap() >= 200, "{export}");
     assert!(!export.to_string().contains(&key));
 
     let (status, erased) = admin(&setup, "DELETE", &format!("/admin/keys/{key_id}/data"), "").await;

@@ -17,6 +17,8 @@ mod harness;
 mod loadtest;
 mod operations;
 mod providers;
+mod replicas;
 mod sessions;
 mod store;
 mod tls;
+mod usage;

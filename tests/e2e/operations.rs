@@ -40,7 +40,9 @@ async fn metrics_count_sessions_frames_and_latencies() {
             &text,
             r#"voxroute_sessions_ended_total{close_reason="CLIENT_HANGUP"}"#,
         )?;
-        (ended == 2.0).then_some(text)
+        // The records are written after the sessions end: wait for the queue too.
+        let queued = sample(&text, "voxroute_store_queue_depth")?;
+        (ended == 2.0 && queued == 0.0).then_some(text)
     })
     .await;
     let labels = r#"{transport="telephony",provider="echo"}"#;

@@ -263,3 +263,52 @@ async fn malformed_provider_frames_are_reported_and_skipped() {
     caller.stop().await;
     assert_eq!(caller.wait_ended().await, "CLIENT_HANGUP");
 }
+
+/// Proves Gemini's `goAway` is handled by resuming, not by dropping or failing over: with the
+/// stand-in announcing `goAway` 1 s after each setup, a 3 s native call reconnects to Gemini
+/// with the resumption handle it was given (the stand-in counts the resumed setups), the
+/// caller hears its audio throughout and gets no `provider.switched`, and the record shows one
+/// provider and no failover.
+#[tokio::test]
+async fn gemini_go_away_resumes_on_a_new_connection() {
+    let (addr, stats) = standin_with(Knobs {
+        gemini_go_away_after_secs: Some(1.0),
+        ..Knobs::default()
+    })
+    .await;
+    let setup = router_for(addr, None).await;
+    let (key_id, key) = setup.key("resume", None).await;
+    let mut caller = native_on(&setup, &key, "gemini").await;
+    let speech = speech_8k(3.0);
+    caller.stream_pcm(&speech, Duration::from_millis(20)).await;
+    caller
+        .conn
+        .wait_audio(speech.len() * 2 * 9 / 10, WAIT)
+        .await;
+    let back = pcm16_samples(&caller.conn.audio());
+    let matching = matching_windows(&speech, &back);
+    let seen = stats.provider(Provider::Gemini);
+    println!(
+        "gemini with goAway: {} connections, {} resumed, {:.0}% of voiced windows back",
+        seen.connections,
+        seen.resumed_sessions,
+        matching * 100.0
+    );
+    assert!(matching >= 0.9, "{:.0}% came back", matching * 100.0);
+    assert!(seen.connections >= 2, "{seen:?}");
+    assert!(seen.resumed_sessions >= 1, "{seen:?}");
+    assert!(
+        !caller
+            .conn
+            .events()
+            .iter()
+            .any(|e| e["type"] == "provider.switched"),
+        "a resumption is not a switch"
+    );
+    caller.stop().await;
+    assert_eq!(caller.wait_ended().await, "CLIENT_HANGUP");
+    let row = setup.ended_for_key(key_id, 1).await.remove(0);
+    assert_eq!(row.providers_tried, ["gemini"], "{row:#?}");
+    assert_eq!(row.failovers, 0, "{row:#?}");
+    assert!((row.audio_in_ms - 3_000).abs() <= 40, "{row:#?}");
+}

@@ -10,7 +10,9 @@
 //! What they prove: the migrations create the contract's tables, columns and indexes; API
 //! keys are stored as prefix + hash only and authenticate (or not) as they should; session
 //! records round-trip every field, are idempotent, and reject an end without a start; an
-//! outage is reported as retryable; retention deletes and anonymises exactly the right rows.
+//! outage is reported as retryable; retention deletes and anonymises exactly the right rows;
+//! usage per provider is written with a session's end (summed per provider, set not added on a
+//! replay), read back per key and day, and deleted with its session (retention, erasure).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use voxroute::config::RetentionConfig;
 use voxroute::keys;
 use voxroute::store::{AuthError, Backend, QueryError, RetentionReport, SessionRow, Store};
 use voxroute_actors::close_reason::SessionCloseReason;
-use voxroute_actors::record::{SessionEnd, SessionStart, Transport};
+use voxroute_actors::record::{ProviderUsage, SessionEnd, SessionStart, Transport};
 use voxroute_actors::store::{SessionStore, StoreError};
 
 /// A directory under the system's temp dir, removed (with its content) on drop.
@@ -87,6 +89,8 @@ on_both_backends!(
     session_end_without_start_is_rejected,
     closed_store_is_unavailable_and_retryable,
     retention_deletes_and_anonymises_the_right_rows,
+    session_usage_is_set_per_provider_and_read_per_key_and_day,
+    session_usage_goes_with_its_session,
 );
 
 /// The columns DESIGN.md names, in order.
@@ -265,7 +269,31 @@ fn end_record(id: Uuid, started_at: DateTime<Utc>) -> SessionEnd {
         audio_out_ms: 31_020,
         failovers: 1,
         first_response_ms: Some(412),
+        usage: vec![
+            segment("deepgram", 20_000, 0),
+            segment("openai", 38_000, 31_020),
+        ],
     }
+}
+
+fn segment(provider: &str, audio_in_ms: i64, audio_out_ms: i64) -> ProviderUsage {
+    ProviderUsage {
+        provider: provider.to_owned(),
+        audio_in_ms,
+        audio_out_ms,
+    }
+}
+
+/// Every `session_usage` row as (session, provider, in, out), by session then provider.
+async fn usage_rows(store: &Store) -> Vec<(Uuid, String, i64, i64)> {
+    const SQL: &str = "SELECT session_id, provider, audio_in_ms, audio_out_ms \
+         FROM session_usage ORDER BY session_id, provider";
+    match store.backend() {
+        Backend::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        Backend::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        _ => unreachable!("a backend without test support"),
+    }
+    .expect("reading session_usage")
 }
 
 /// Proves the migrations, run on a fresh database at open, create `sessions` and `api_keys`
@@ -475,6 +503,7 @@ async fn session_records_round_trip_every_field(store: Store) {
         audio_out_ms: 4_960,
         failovers: 0,
         first_response_ms: None,
+        usage: vec![segment("echo", 4_980, 4_960)],
     };
     store.record_end(&newer_end).await.unwrap();
 
@@ -717,4 +746,166 @@ async fn sqlite_file_is_created_in_wal_mode_and_persists() {
     let reopened = Store::open(&url).await.unwrap();
     assert_eq!(reopened.list_keys().await.unwrap(), vec![key]);
     reopened.close().await;
+}
+
+/// Proves usage is written with a session's end, one row per provider (a provider tried twice
+/// in one session has the sum of its segments), with the migration's columns; that a replayed
+/// end sets the same values rather than adding (and an end without usage, like the
+/// supervisor's placeholder for a vanished session, keeps them); and that `key_usage` sums a
+/// key's sessions per UTC day and provider, counts distinct sessions, leaves out other keys,
+/// keyless sessions and sessions outside the range.
+async fn session_usage_is_set_per_provider_and_read_per_key_and_day(store: Store) {
+    assert_eq!(
+        columns(&store, "session_usage").await,
+        ["session_id", "provider", "audio_in_ms", "audio_out_ms"]
+    );
+    let key = Uuid::now_v7();
+    let day = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+    let record = async |started_at: DateTime<Utc>, api_key_id: Option<Uuid>, usage| {
+        let id = Uuid::now_v7();
+        let mut start = start_record(id, started_at, None);
+        start.api_key_id = api_key_id;
+        store.record_start(&start).await.unwrap();
+        let mut end = end_record(id, started_at);
+        end.usage = usage;
+        store.record_end(&end).await.unwrap();
+        (id, end)
+    };
+
+    // A session that went deepgram → openai → deepgram (each provider once in the table).
+    let (failed_over, end) = record(
+        day + TimeDelta::hours(9),
+        Some(key),
+        vec![
+            segment("deepgram", 20_000, 0),
+            segment("openai", 30_000, 31_020),
+            segment("deepgram", 8_000, 0),
+        ],
+    )
+    .await;
+    let rows = vec![
+        (failed_over, "deepgram".to_owned(), 28_000, 0),
+        (failed_over, "openai".to_owned(), 30_000, 31_020),
+    ];
+    assert_eq!(usage_rows(&store).await, rows);
+    store.record_end(&end).await.unwrap();
+    assert_eq!(
+        usage_rows(&store).await,
+        rows,
+        "a replayed end is not added"
+    );
+    let mut placeholder = end.clone();
+    placeholder.usage.clear();
+    store.record_end(&placeholder).await.unwrap();
+    assert_eq!(
+        usage_rows(&store).await,
+        rows,
+        "an end without usage keeps it"
+    );
+
+    // Same day, last second; the next day; another key; no key; the day before the range.
+    record(
+        day + TimeDelta::hours(24) - TimeDelta::seconds(1),
+        Some(key),
+        vec![segment("openai", 1_000, 500)],
+    )
+    .await;
+    record(
+        day + TimeDelta::hours(30),
+        Some(key),
+        vec![segment("echo", 3_000, 2_980)],
+    )
+    .await;
+    record(
+        day + TimeDelta::hours(10),
+        Some(Uuid::now_v7()),
+        vec![segment("openai", 99_000, 99_000)],
+    )
+    .await;
+    record(
+        day + TimeDelta::hours(11),
+        None,
+        vec![segment("openai", 77_000, 77_000)],
+    )
+    .await;
+    record(
+        day - TimeDelta::seconds(1),
+        Some(key),
+        vec![segment("openai", 55_000, 55_000)],
+    )
+    .await;
+
+    let usage = store
+        .key_usage(key, day, day + TimeDelta::days(2))
+        .await
+        .unwrap();
+    let lines: Vec<(String, &str, u64, i64, i64)> = usage
+        .days
+        .iter()
+        .map(|d| {
+            (
+                d.day.to_string(),
+                d.provider.as_str(),
+                d.sessions,
+                d.audio_in_ms,
+                d.audio_out_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("2026-11-20".to_owned(), "deepgram", 1, 28_000, 0),
+            ("2026-11-20".to_owned(), "openai", 2, 31_000, 31_520),
+            ("2026-11-21".to_owned(), "echo", 1, 3_000, 2_980),
+        ]
+    );
+    assert_eq!(usage.sessions, 3, "the failed-over session counts once");
+    let nobody = store
+        .key_usage(Uuid::now_v7(), day, day + TimeDelta::days(2))
+        .await
+        .unwrap();
+    assert!(nobody.days.is_empty() && nobody.sessions == 0);
+}
+
+/// Proves a session's usage rows are deleted with it: by retention (old sessions' rows go,
+/// recent ones' stay) and by a key's GDPR erasure (all of that key's rows go, no other key's).
+async fn session_usage_goes_with_its_session(store: Store) {
+    let now = instant(0);
+    let erased_key = Uuid::now_v7();
+    let kept_key = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for (days_ago, key) in [
+        (40, kept_key),
+        (2, kept_key),
+        (40, erased_key),
+        (1, erased_key),
+    ] {
+        let id = Uuid::now_v7();
+        let mut start = start_record(id, now - TimeDelta::days(days_ago), None);
+        start.api_key_id = Some(key);
+        store.record_start(&start).await.unwrap();
+        store
+            .record_end(&end_record(id, now - TimeDelta::days(days_ago)))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    assert_eq!(usage_rows(&store).await.len(), 8);
+
+    let policy = RetentionConfig {
+        delete_after_days: 30,
+        anonymise_ip_after_days: 30,
+    };
+    let report = store.run_retention(now, &policy).await.unwrap();
+    assert_eq!(report.deleted, 2);
+    let left: Vec<Uuid> = usage_rows(&store).await.iter().map(|r| r.0).collect();
+    let mut expected = vec![ids[1], ids[1], ids[3], ids[3]];
+    expected.sort();
+    assert_eq!(left, expected, "the deleted sessions' usage went with them");
+
+    let (sessions, keys) = store.erase_key(erased_key).await.unwrap();
+    assert_eq!((sessions, keys), (1, 0));
+    let left: Vec<Uuid> = usage_rows(&store).await.iter().map(|r| r.0).collect();
+    assert_eq!(left, [ids[1], ids[1]], "the erased key's usage is gone");
 }

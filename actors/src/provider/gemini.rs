@@ -35,11 +35,11 @@
 //!   is interrupted (output) or the conversation is finished. Input and output transcripts
 //!   share the one event type; they alternate with the turns.
 //! - **`goAway`**: Gemini will close the connection soon (connections live about 10 min).
-//!   The adapter records the time left ([`GeminiAdapter::go_away_time_left`]) and emits a
-//!   non-fatal [`ProviderEvent::Error`] saying so. The provider actor cannot reconnect in the
-//!   middle of a call yet: when Gemini then closes (even with 1000, which after a `goAway`
-//!   is reported as a retryable failure), the session fails over like on any provider
-//!   failure; mid-call failover with session resumption is what the recorded handle is for.
+//!   The adapter records the time left ([`GeminiAdapter::go_away_time_left`]) and emits
+//!   [`ProviderEvent::GoAway`] with the newest resumption handle: the session then opens a
+//!   new connection to Gemini that resumes the conversation (not a failover). Should Gemini
+//!   close first (even with 1000, which after a `goAway` is reported as a retryable
+//!   failure), the session fails over like on any provider failure.
 //! - **`sessionResumptionUpdate`**: the newest resumable handle is kept
 //!   ([`GeminiAdapter::resumption_handle`]); a new adapter built with that handle in
 //!   [`GeminiSettings::resumption_handle`] asks Gemini to resume the session.
@@ -595,20 +595,15 @@ impl ProviderAdapter for GeminiAdapter {
         if let Some(content) = message.server_content {
             used |= self.server_content(content, out, &mut error);
         }
-        if let Some(go_away) = message.go_away {
-            let time_left = go_away
+        let mut go_away = false;
+        if let Some(go_away_message) = message.go_away {
+            let time_left = go_away_message
                 .time_left
                 .as_ref()
                 .and_then(proto_duration)
                 .unwrap_or(Duration::ZERO);
             self.go_away_time_left = Some(time_left);
-            out.emit(ProviderEvent::Error {
-                message: format!(
-                    "Gemini will close this connection in {time_left:?} (goAway); the session \
-                     fails over when it does"
-                ),
-                fatal: false,
-            });
+            go_away = true;
             used = true;
         }
         if let Some(update) = message.session_resumption_update {
@@ -618,6 +613,12 @@ impl ProviderAdapter for GeminiAdapter {
                 self.resumption_handle = Some(handle);
             }
             used = true;
+        }
+        if go_away {
+            // After any handle update in the same message, so the newest one is used.
+            out.emit(ProviderEvent::GoAway {
+                resumption_handle: self.resumption_handle.clone(),
+            });
         }
         if !used && error.is_none() {
             out.ignore();
@@ -902,8 +903,9 @@ mod tests {
         );
     }
 
-    /// `goAway` is reported as a non-fatal error and its time left recorded; messages voxroute
-    /// does not use are ignored and counted.
+    /// `goAway` becomes [`ProviderEvent::GoAway`] with the newest resumption handle (none
+    /// before Gemini gave one) and its time left is recorded; messages voxroute does not use
+    /// are ignored and counted.
     #[test]
     fn go_away_and_ignored_messages() {
         let mut adapter = adapter();
@@ -911,11 +913,21 @@ mod tests {
         assert_eq!(
             decode_text(&mut adapter, r#"{"goAway": {"timeLeft": "10s"}}"#),
             (
-                vec![ProviderEvent::Error {
-                    message: "Gemini will close this connection in 10s (goAway); the session \
-                              fails over when it does"
-                        .into(),
-                    fatal: false
+                vec![ProviderEvent::GoAway {
+                    resumption_handle: None
+                }],
+                0
+            )
+        );
+        decode_text(
+            &mut adapter,
+            r#"{"sessionResumptionUpdate": {"newHandle": "h-7", "resumable": true}}"#,
+        );
+        assert_eq!(
+            decode_text(&mut adapter, r#"{"goAway": {"timeLeft": "10s"}}"#),
+            (
+                vec![ProviderEvent::GoAway {
+                    resumption_handle: Some("h-7".into())
                 }],
                 0
             )

@@ -97,6 +97,14 @@ pub enum ProviderEvent {
         /// Whether the connection cannot continue.
         fatal: bool,
     },
+    /// The provider will close this connection soon (Gemini's `goAway`: its connections have
+    /// a lifetime) and can resume the conversation on a new one: the session reconnects to
+    /// the same provider with [`ProviderSpec::resumed`], without counting a failover.
+    GoAway {
+        /// The provider's latest handle to resume the conversation with, if it gave one
+        /// (without one the new connection starts a fresh conversation).
+        resumption_handle: Option<String>,
+    },
     /// The upstream connection closed.
     Closed {
         /// Whether it closed because of a failure (as opposed to the conversation ending).
@@ -116,6 +124,19 @@ pub struct ProviderSpec {
     pub output_sample_rate: SampleRate,
     /// How to reach it.
     pub kind: ProviderKind,
+}
+
+impl ProviderSpec {
+    /// The same provider for a new connection that resumes the conversation of `handle`
+    /// (after [`ProviderEvent::GoAway`]): for Gemini the handle goes in the setup's
+    /// `sessionResumption`; providers without resumption get an unchanged copy.
+    pub fn resumed(&self, handle: Option<&str>) -> ProviderSpec {
+        let mut spec = self.clone();
+        if let ProviderKind::Gemini(settings) = &mut spec.kind {
+            settings.resumption_handle = handle.map(str::to_owned);
+        }
+        spec
+    }
 }
 
 /// The provider kinds voxroute speaks. The hosted providers' settings are boxed: they are

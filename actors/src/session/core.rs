@@ -12,6 +12,7 @@ use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
 use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
 use crate::protocol::{ProtocolError, RouteTarget};
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderSpec};
+use crate::record::ProviderUsage;
 
 use super::replay::ReplayRing;
 
@@ -186,10 +187,17 @@ pub struct SessionOutcome {
     pub dropped_payloads: u64,
     /// How many times the session moved to another provider.
     pub failovers: u32,
+    /// How many times the session reconnected to the same provider because it was going
+    /// away (Gemini `goAway`), resuming the conversation.
+    pub reconnects: u32,
     /// The longest failover gap, in milliseconds: from a provider's failure to the first
     /// audio or transcript of the provider that replaced it. `None` without failover (or
     /// when no replacement answered before the end).
     pub failover_gap_ms: Option<i64>,
+    /// The audio per provider segment, in order: one entry for the provider the session
+    /// started on and one more per failover. Their `audio_in_ms` and `audio_out_ms` add up to
+    /// the fields above. Empty if the session was never admitted.
+    pub usage: Vec<ProviderUsage>,
 }
 
 enum Protocol {
@@ -259,7 +267,41 @@ pub struct SessionCore {
     frames_at_last_mark: u64,
     providers_tried: Vec<String>,
     failovers: u32,
+    reconnects: u32,
     failover_gap_ms: Option<i64>,
+    /// Audio per provider segment, split from `frames_in`/`frames_out` at each failover.
+    metering: Metering,
+}
+
+/// The per-provider split of a session's audio counters. It costs nothing per frame: a
+/// segment is closed (one push, into room reserved at admission) at each failover and at the
+/// end, from the difference of the session's frame counters.
+#[derive(Debug, Default)]
+struct Metering {
+    /// The closed segments, in order.
+    usage: Vec<ProviderUsage>,
+    /// `(frames_in, frames_out)` when the open segment began.
+    segment_started_at: (u64, u64),
+}
+
+impl Metering {
+    /// Starts metering at admission, with room for `segments` segments.
+    fn start(&mut self, segments: usize, frames_in: u64, frames_out: u64) {
+        self.usage = Vec::with_capacity(segments);
+        self.segment_started_at = (frames_in, frames_out);
+    }
+
+    /// Closes the open segment as `provider`'s, given the session's counters now, and opens
+    /// the next one there.
+    fn close_segment(&mut self, provider: &str, frames_in: u64, frames_out: u64) {
+        let (in_at, out_at) = self.segment_started_at;
+        self.usage.push(ProviderUsage {
+            provider: provider.to_owned(),
+            audio_in_ms: frames_to_ms(frames_in.saturating_sub(in_at)),
+            audio_out_ms: frames_to_ms(frames_out.saturating_sub(out_at)),
+        });
+        self.segment_started_at = (frames_in, frames_out);
+    }
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -297,7 +339,9 @@ impl SessionCore {
             frames_at_last_mark: 0,
             providers_tried: Vec::new(),
             failovers: 0,
+            reconnects: 0,
             failover_gap_ms: None,
+            metering: Metering::default(),
         }
     }
 
@@ -487,6 +531,12 @@ impl SessionCore {
             .samples_in_ms(PROVIDER_AUDIO_QUEUE_MS)
             .max(2 * frame);
         self.providers_tried.push(admission.provider.name.clone());
+        // Room for every segment the route can have, so failovers do not reallocate.
+        self.metering.start(
+            1 + admission.fallbacks.len(),
+            self.frames_in,
+            self.frames_out,
+        );
         self.outputs
             .push_back(Output::StartProvider(admission.provider.clone()));
         if let Protocol::Native(codec) = &mut self.protocol {
@@ -582,6 +632,9 @@ impl SessionCore {
                     self.send_error("provider_error", "the provider reported an error");
                 }
             }
+            ProviderEvent::GoAway { resumption_handle } => {
+                self.on_provider_going_away(resumption_handle.as_deref())
+            }
             ProviderEvent::Closed { error: true } => self.on_provider_failed(now, false),
             // The conversation ended on the provider's side: not a failure, no failover.
             ProviderEvent::Closed { error: false } => {
@@ -655,6 +708,10 @@ impl SessionCore {
             return;
         }
         let from = std::mem::replace(&mut live.provider, next);
+        // Everything counted so far was the failed provider's; what comes from now on
+        // (including audio held while the next one connects) is the next one's.
+        self.metering
+            .close_segment(&from.name, self.frames_in, self.frames_out);
         live.awaiting_ready = true;
         live.replay_next_at = None;
         live.replay.hold_all();
@@ -676,6 +733,31 @@ impl SessionCore {
         // What the failed provider said and the caller has not heard yet is stale: the next
         // provider knows nothing of it.
         self.flush_outbound();
+    }
+
+    /// The provider will close this connection soon but can resume the conversation on a new
+    /// one: reconnect to the same provider, resuming. Not a failover (same provider, nothing
+    /// replayed, nothing flushed, no event to the caller); caller audio that arrives while
+    /// the new connection opens is held and sent to it first.
+    fn on_provider_going_away(&mut self, resumption_handle: Option<&str>) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        if live.awaiting_ready {
+            // Already switching (a failover or another resumption): that connection will do.
+            return;
+        }
+        live.provider = live.provider.resumed(resumption_handle);
+        live.awaiting_ready = true;
+        live.replay_next_at = None;
+        self.reconnects += 1;
+        tracing::info!(
+            provider = %live.provider.name,
+            resuming = resumption_handle.is_some(),
+            "provider going away: reconnecting"
+        );
+        self.outputs
+            .push_back(Output::StartProvider(live.provider.clone()));
     }
 
     fn on_provider_audio(&mut self, now: Instant, mut pcm: &[i16]) {
@@ -799,6 +881,8 @@ impl SessionCore {
             Phase::Live(live) => {
                 self.outputs
                     .push_back(Output::ToProvider(ProviderCommand::Finish));
+                self.metering
+                    .close_segment(&live.provider.name, self.frames_in, self.frames_out);
                 (Some(live.session_id), live.provider.name.clone())
             }
             _ => (None, String::new()),
@@ -822,7 +906,9 @@ impl SessionCore {
             bad_frames: self.bad_frames,
             dropped_payloads: self.dropped_payloads,
             failovers: self.failovers,
+            reconnects: self.reconnects,
             failover_gap_ms: self.failover_gap_ms,
+            usage: std::mem::take(&mut self.metering.usage),
         }));
     }
 }

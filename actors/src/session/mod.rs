@@ -47,6 +47,15 @@
 //! and reported in [`SessionOutcome::failover_gap_ms`].
 //! With no provider left the session ends with `PROVIDER_ERROR`; a provider that closes
 //! normally (`Closed { error: false }`) ends it with `PROVIDER_CLOSED`, without failover.
+//!
+//! # Metering
+//!
+//! [`SessionOutcome::usage`] splits the session's audio counters by provider segment: the
+//! provider the session started on, then one segment per failover. Caller audio is counted
+//! once, for the provider it was forwarded to (or held for while that provider connected);
+//! replayed audio is not counted again. The split costs nothing per frame: a segment is
+//! closed from the frame counters at each failover and at the end, so the segments always add
+//! up to `audio_in_ms` and `audio_out_ms`.
 
 mod core;
 mod replay;

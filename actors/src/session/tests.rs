@@ -9,7 +9,9 @@ use voxroute_codecs::SampleRate;
 use super::*;
 use crate::close_reason::SessionCloseReason;
 use crate::protocol::RouteTarget;
+use crate::provider::gemini::GeminiSettings;
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderKind, ProviderSpec};
+use crate::record::ProviderUsage;
 
 const TWILIO_START: &str = r#"{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC01","streamSid":"MZ01","callSid":"CA01","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":{"api_key":"vxr_secret","provider":"echo"}},"streamSid":"MZ01"}"#;
 
@@ -740,4 +742,185 @@ fn a_normal_close_or_a_non_fatal_error_does_not_fail_over() {
     assert_eq!(outcome.reason, SessionCloseReason::ProviderClosed);
     assert_eq!(outcome.failovers, 0);
     assert_eq!(outcome.providers_tried, vec!["a".to_owned()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering
+
+/// The usage of one provider segment, for comparisons.
+fn usage(provider: &str, audio_in_ms: i64, audio_out_ms: i64) -> ProviderUsage {
+    ProviderUsage {
+        provider: provider.into(),
+        audio_in_ms,
+        audio_out_ms,
+    }
+}
+
+/// A failover splits the session's audio exactly between the providers: caller audio up to
+/// the failure is the failed provider's, audio held while the next one connects (and
+/// replayed to it) is the next one's and counted once, each provider's replies are its own,
+/// and the segments add up to the session's totals.
+#[test]
+fn a_failover_splits_usage_exactly() {
+    let t0 = Instant::now();
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    for _ in 0..10 {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(1)));
+    }
+    // Two 20 ms frames of reply at 16 kHz.
+    core.handle_input(t0, Input::Provider(ProviderEvent::Audio(vec![3; 640])));
+    drain(&mut core);
+
+    let failed_at = t0 + Duration::from_millis(200);
+    core.handle_input(
+        failed_at,
+        Input::Provider(ProviderEvent::Closed { error: true }),
+    );
+    drain(&mut core);
+    // Held while b connects, then replayed along with a's last frames.
+    for _ in 0..3 {
+        core.handle_input(failed_at, Input::ClientBinary(&pcm_frame(2)));
+    }
+    core.handle_input(failed_at, Input::Provider(ProviderEvent::Ready));
+    let (_, now) = drain_replay(&mut core, failed_at);
+    for _ in 0..2 {
+        core.handle_input(now, Input::ClientBinary(&pcm_frame(3)));
+    }
+    // Three frames of reply from b.
+    core.handle_input(now, Input::Provider(ProviderEvent::Audio(vec![4; 960])));
+    drain(&mut core);
+    core.handle_input(now, Input::ClientText(r#"{"type":"stop"}"#));
+    let (outputs, _) = drain(&mut core);
+    let outcome = close_outcome(&outputs);
+    assert_eq!(
+        outcome.usage,
+        vec![usage("a", 200, 40), usage("b", 100, 60)]
+    );
+    assert_eq!(
+        outcome.usage.iter().map(|u| u.audio_in_ms).sum::<i64>(),
+        outcome.audio_in_ms
+    );
+    assert_eq!(
+        outcome.usage.iter().map(|u| u.audio_out_ms).sum::<i64>(),
+        outcome.audio_out_ms
+    );
+    assert_eq!((outcome.audio_in_ms, outcome.audio_out_ms), (300, 100));
+}
+
+/// Without failover there is one segment, the session's totals; a provider that failed at
+/// connect keeps its segment (it was tried) with what was sent to it; a session never admitted
+/// has no usage at all.
+#[test]
+fn usage_has_a_segment_per_provider_tried_and_none_before_admission() {
+    let t0 = Instant::now();
+    let mut core = admitted_twilio(t0);
+    for _ in 0..4 {
+        core.handle_input(t0, Input::ClientText(&media(&[0xFF; 160])));
+    }
+    core.handle_input(
+        t0,
+        Input::ClientText(
+            r#"{"event":"stop","sequenceNumber":"9","stop":{"accountSid":"AC01","callSid":"CA01"},"streamSid":"MZ01"}"#,
+        ),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(close_outcome(&outputs).usage, vec![usage("echo", 80, 0)]);
+
+    let mut core = admitted_native(
+        t0,
+        spec("a", 16_000, 16_000),
+        vec![spec("b", 16_000, 16_000)],
+    );
+    core.handle_input(t0, Input::ClientBinary(&pcm_frame(1)));
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::Error {
+            message: "401".into(),
+            fatal: true,
+        }),
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    core.handle_input(t0, Input::ClientText(r#"{"type":"stop"}"#));
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(
+        close_outcome(&outputs).usage,
+        vec![usage("a", 20, 0), usage("b", 0, 0)]
+    );
+
+    let mut core = SessionCore::new(ClientProtocol::Native, SessionConfig::default(), t0);
+    core.handle_input(
+        t0,
+        Input::ClientText(r#"{"type":"start","codec":"pcm16","sample_rate":8000}"#),
+    );
+    core.handle_input(
+        t0,
+        Input::Refused {
+            reason: SessionCloseReason::AuthFailed,
+            message: "bad key",
+        },
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(close_outcome(&outputs).usage.is_empty());
+}
+
+/// A provider going away (Gemini `goAway`) is reconnected, not failed over: the core starts
+/// the same provider again with the resumption handle, sends the caller nothing, holds the
+/// caller's audio while the new connection opens and sends exactly that audio (no replay of
+/// older frames) once it is ready; the record shows one provider, no failover, one
+/// reconnect.
+#[test]
+fn going_away_reconnects_to_the_same_provider_resuming() {
+    let t0 = Instant::now();
+    let gemini = ProviderSpec {
+        kind: ProviderKind::Gemini(Box::new(GeminiSettings::new(None))),
+        ..spec("gemini", 16_000, 24_000)
+    };
+    let mut core = admitted_native(t0, gemini, vec![spec("b", 16_000, 16_000)]);
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    for _ in 0..5 {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(1)));
+    }
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(audio_frames(&outputs), [320; 5]);
+
+    let going = ProviderEvent::GoAway {
+        resumption_handle: Some("h-1".into()),
+    };
+    core.handle_input(t0, Input::Provider(going));
+    let (outputs, _) = drain(&mut core);
+    let [Output::StartProvider(resumed)] = outputs.as_slice() else {
+        panic!("expected only a new connection, got {outputs:?}");
+    };
+    assert_eq!(resumed.name, "gemini");
+    let ProviderKind::Gemini(settings) = &resumed.kind else {
+        panic!("a Gemini spec: {resumed:?}");
+    };
+    assert_eq!(settings.resumption_handle.as_deref(), Some("h-1"));
+
+    for _ in 0..3 {
+        core.handle_input(t0, Input::ClientBinary(&pcm_frame(2)));
+    }
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        audio_frames(&outputs).is_empty(),
+        "held while connecting: {outputs:?}"
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    let (outputs, now) = drain_replay(&mut core, t0);
+    assert_eq!(audio_frames(&outputs), [320; 3], "only the held frames");
+    core.handle_input(now, Input::ClientBinary(&pcm_frame(3)));
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(audio_frames(&outputs), [320], "then straight through");
+
+    core.handle_input(now, Input::ClientText(r#"{"type":"stop"}"#));
+    let (outputs, _) = drain(&mut core);
+    let outcome = close_outcome(&outputs);
+    assert_eq!(outcome.providers_tried, ["gemini"]);
+    assert_eq!((outcome.failovers, outcome.reconnects), (0, 1));
+    assert_eq!(outcome.audio_in_ms, 180);
 }

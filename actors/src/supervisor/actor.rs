@@ -12,10 +12,13 @@ use super::messages::{
     Admit, AdmitError, Drain, EndOne, EndSession, Flush, FlushReport, ListLive, LiveSession,
     RecordUnadmitted, Replay, SessionEnded, Stats, StopAdmitting, SupervisorStats, TakeQueued,
 };
-use super::{LIVENESS_SWEEP_INTERVAL, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN, STORE_WRITE_TIMEOUT};
+use super::{
+    LEASE_ACQUIRE_TIMEOUT, LEASE_RETRY_AFTER, LIVENESS_SWEEP_INTERVAL, RETRY_BACKOFF_MAX,
+    RETRY_BACKOFF_MIN, STORE_WRITE_TIMEOUT,
+};
 use crate::close_reason::SessionCloseReason;
 use crate::record::{RecordWrite, SessionEnd};
-use crate::store::{SessionStore, StoreError};
+use crate::store::{LeaseEntry, LeaseGrant, LeaseRequest, SessionLeases, SessionStore, StoreError};
 
 /// Settings of the [`Supervisor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,33 @@ impl Default for SupervisorConfig {
             max_queued_writes: 20_000,
         }
     }
+}
+
+/// One step of the lease lane (see [`Supervisor::pump_leases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseOp {
+    /// Drop the lease of a session that left the registry.
+    Release(Uuid),
+    /// Renew the leases of every live session (snapshot taken when the step starts).
+    Renew,
+}
+
+/// The shared leases of a supervisor that runs as one of several replicas.
+struct Leases {
+    /// Where leases live (the app's PostgreSQL implementation).
+    store: Arc<dyn SessionLeases>,
+    /// How often every live session's lease is renewed.
+    renew_interval: Duration,
+    /// Admissions waiting for their lease: session id → cancelled (the session ended, with
+    /// [`RecordUnadmitted`], before the answer came).
+    pending: HashMap<Uuid, bool>,
+    /// Releases and renewals, run one at a time in order.
+    ops: VecDeque<LeaseOp>,
+    /// A lease op is in flight.
+    busy: bool,
+    /// Until then, admissions use the process's own count without asking (set when the
+    /// leases fail to answer, cleared by a renewal that succeeds).
+    down_until: Option<std::time::Instant>,
 }
 
 /// A live session in the registry.
@@ -59,6 +89,8 @@ pub struct Supervisor {
     /// Set by [`TakeQueued`]: the queue was handed over (to the spool); nothing is written
     /// any more and the result of a write in flight is ignored.
     handed_over: bool,
+    /// Set by [`Supervisor::with_leases`]: this process is one of several replicas.
+    leases: Option<Leases>,
     stats: SupervisorStats,
 }
 
@@ -76,8 +108,24 @@ impl Supervisor {
             backoff: RETRY_BACKOFF_MIN,
             flush_waiters: Vec::new(),
             handed_over: false,
+            leases: None,
             stats: SupervisorStats::default(),
         }
+    }
+
+    /// Makes this supervisor one of several replicas: every admission also takes a lease in
+    /// `leases`, and the leases of live sessions are renewed every `renew_interval` (see the
+    /// [module documentation](super#limits-across-replicas-leases)). Call before starting it.
+    pub fn with_leases(mut self, leases: Arc<dyn SessionLeases>, renew_interval: Duration) -> Self {
+        self.leases = Some(Leases {
+            store: leases,
+            renew_interval,
+            pending: HashMap::new(),
+            ops: VecDeque::new(),
+            busy: false,
+            down_until: None,
+        });
+        self
     }
 
     fn enqueue(&mut self, write: RecordWrite, ctx: &mut Context<Self>) {
@@ -154,9 +202,11 @@ impl Supervisor {
 }
 
 impl Supervisor {
-    /// Takes a session out of the registry (if it is there) and frees its key's slot.
-    fn unregister(&mut self, id: Uuid) -> Option<Live> {
+    /// Takes a session out of the registry (if it is there), frees its key's slot and
+    /// releases its lease.
+    fn unregister(&mut self, id: Uuid, ctx: &mut Context<Self>) -> Option<Live> {
         let live = self.live.remove(&id)?;
+        self.queue_lease_op(LeaseOp::Release(id), ctx);
         if let Some(key) = live.info.api_key_id
             && let Some(count) = self.live_per_key.get_mut(&key)
         {
@@ -179,7 +229,7 @@ impl Supervisor {
             .map(|(id, _)| *id)
             .collect();
         for id in vanished {
-            let Some(live) = self.unregister(id) else {
+            let Some(live) = self.unregister(id, ctx) else {
                 continue;
             };
             let now = chrono::Utc::now();
@@ -196,6 +246,8 @@ impl Supervisor {
                     audio_out_ms: 0,
                     failovers: 0,
                     first_response_ms: None,
+                    // Unknown: the session's own end, if it comes, brings its usage.
+                    usage: Vec::new(),
                 }),
                 ctx,
             );
@@ -208,22 +260,115 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(LIVENESS_SWEEP_INTERVAL, Self::sweep_vanished);
+        if let Some(leases) = &self.leases {
+            ctx.run_interval(leases.renew_interval, |act, ctx| {
+                let queued = act
+                    .leases
+                    .as_ref()
+                    .is_some_and(|leases| leases.ops.contains(&LeaseOp::Renew));
+                if !queued {
+                    act.queue_lease_op(LeaseOp::Renew, ctx);
+                }
+            });
+        }
     }
 }
 
 impl Handler<Admit> for Supervisor {
-    type Result = Result<(), AdmitError>;
+    type Result = ResponseActFuture<Self, Result<(), AdmitError>>;
 
     fn handle(&mut self, msg: Admit, ctx: &mut Context<Self>) -> Self::Result {
         if self.draining {
-            return Err(AdmitError::Draining);
+            return Box::pin(fut::ready(Err(AdmitError::Draining)));
         }
+        if let Err(refused) = self.check_local_limit(&msg) {
+            return Box::pin(fut::ready(Err(refused)));
+        }
+        let Some(leases) = self.leases.as_mut() else {
+            self.register(msg, ctx);
+            return Box::pin(fut::ready(Ok(())));
+        };
+        if leases
+            .down_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            self.stats.lease_fallbacks += 1;
+            tracing::debug!(session_id = %msg.start.id, "session leases out of reach: admitting on this replica's own count");
+            self.register(msg, ctx);
+            return Box::pin(fut::ready(Ok(())));
+        }
+        let request = LeaseRequest {
+            session_id: msg.start.id,
+            api_key_id: msg.start.api_key_id,
+            max_sessions: msg.max_sessions,
+        };
+        leases.pending.insert(request.session_id, false);
+        let store = Arc::clone(&leases.store);
+        let call = async move {
+            match tokio::time::timeout(LEASE_ACQUIRE_TIMEOUT, store.acquire(&request)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(
+                    "lease acquisition timed out".into(),
+                )),
+            }
+        };
+        Box::pin(call.into_actor(self).map(move |result, act, ctx| {
+            let id = msg.start.id;
+            let cancelled = act
+                .leases
+                .as_mut()
+                .and_then(|leases| leases.pending.remove(&id))
+                .unwrap_or(false);
+            let leased = match result {
+                Ok(LeaseGrant::Granted) => true,
+                Ok(LeaseGrant::Refused { live }) => {
+                    return Err(AdmitError::LimitExceeded {
+                        live,
+                        max: msg.max_sessions.unwrap_or(0),
+                    });
+                }
+                Err(error) => {
+                    act.stats.lease_fallbacks += 1;
+                    if let Some(leases) = act.leases.as_mut() {
+                        leases.down_until = Some(std::time::Instant::now() + LEASE_RETRY_AFTER);
+                    }
+                    tracing::warn!(%error, session_id = %id, "session leases out of reach: admitting on this replica's own count");
+                    false
+                }
+            };
+            // The session hung up while waiting: it is on record already (RecordUnadmitted).
+            let outcome = if cancelled {
+                Ok(())
+            } else if act.draining {
+                Err(AdmitError::Draining)
+            } else {
+                // Others of this process may have been admitted while the lease was taken.
+                act.check_local_limit(&msg)
+            };
+            match outcome {
+                Ok(()) if !cancelled => act.register(msg, ctx),
+                _ if leased => act.queue_lease_op(LeaseOp::Release(id), ctx),
+                _ => {}
+            }
+            outcome
+        }))
+    }
+}
+
+impl Supervisor {
+    /// Refuses `msg` if its key already has `max_sessions` sessions live in this process.
+    fn check_local_limit(&self, msg: &Admit) -> Result<(), AdmitError> {
         if let (Some(key), Some(max)) = (msg.start.api_key_id, msg.max_sessions) {
             let live = self.live_per_key.get(&key).copied().unwrap_or(0);
             if live >= max {
                 return Err(AdmitError::LimitExceeded { live, max });
             }
         }
+        Ok(())
+    }
+
+    /// Registers an admitted session as live and queues its start record.
+    fn register(&mut self, msg: Admit, ctx: &mut Context<Self>) {
         if let Some(key) = msg.start.api_key_id {
             *self.live_per_key.entry(key).or_insert(0) += 1;
         }
@@ -242,7 +387,73 @@ impl Handler<Admit> for Supervisor {
             },
         );
         self.enqueue(RecordWrite::Start(msg.start), ctx);
-        Ok(())
+    }
+
+    /// Queues a release or renewal on the lease lane (nothing without leases).
+    fn queue_lease_op(&mut self, op: LeaseOp, ctx: &mut Context<Self>) {
+        let Some(leases) = self.leases.as_mut() else {
+            return;
+        };
+        leases.ops.push_back(op);
+        self.pump_leases(ctx);
+    }
+
+    /// Runs the next lease op, unless one is in flight. Ops run one at a time, in order, so
+    /// that a renewal (which snapshots the live sessions when it starts) never re-creates a
+    /// lease whose release was queued after it. A failed op is logged and dropped: a lease
+    /// not released expires with the TTL, and the next renewal retries the rest.
+    fn pump_leases(&mut self, ctx: &mut Context<Self>) {
+        let Some(leases) = self.leases.as_mut() else {
+            return;
+        };
+        if leases.busy {
+            return;
+        }
+        let Some(op) = leases.ops.pop_front() else {
+            return;
+        };
+        leases.busy = true;
+        let store = Arc::clone(&leases.store);
+        let snapshot: Vec<LeaseEntry> = match op {
+            LeaseOp::Renew => self
+                .live
+                .values()
+                .map(|live| LeaseEntry {
+                    session_id: live.info.id,
+                    api_key_id: live.info.api_key_id,
+                })
+                .collect(),
+            LeaseOp::Release(_) => Vec::new(),
+        };
+        let call = async move {
+            let call = async {
+                match op {
+                    LeaseOp::Release(id) => store.release(id).await,
+                    LeaseOp::Renew => store.renew(&snapshot).await,
+                }
+            };
+            match tokio::time::timeout(STORE_WRITE_TIMEOUT, call).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable("lease call timed out".into())),
+            }
+        };
+        ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+            if let Some(leases) = act.leases.as_mut() {
+                leases.busy = false;
+                match (&result, op) {
+                    (Ok(()), LeaseOp::Renew) => leases.down_until = None,
+                    (Ok(()), LeaseOp::Release(_)) => {}
+                    (Err(error), LeaseOp::Renew) => {
+                        leases.down_until = Some(std::time::Instant::now() + LEASE_RETRY_AFTER);
+                        tracing::warn!(%error, "cannot renew session leases; will try again");
+                    }
+                    (Err(error), LeaseOp::Release(id)) => {
+                        tracing::warn!(%error, session_id = %id, "cannot release a session lease; it expires with the TTL");
+                    }
+                }
+            }
+            act.pump_leases(ctx);
+        }));
     }
 }
 
@@ -250,7 +461,7 @@ impl Handler<SessionEnded> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionEnded, ctx: &mut Context<Self>) {
-        self.unregister(msg.end.id);
+        self.unregister(msg.end.id, ctx);
         self.enqueue(RecordWrite::End(msg.end), ctx);
     }
 }
@@ -261,7 +472,15 @@ impl Handler<RecordUnadmitted> for Supervisor {
     fn handle(&mut self, msg: RecordUnadmitted, ctx: &mut Context<Self>) {
         // A session that hung up while its admission was in flight was admitted after all:
         // free its slot. (Writing its start again is harmless: starts are idempotent.)
-        self.unregister(msg.start.id);
+        self.unregister(msg.start.id, ctx);
+        // Still waiting for its lease: the answer, when it comes, must not register it.
+        if let Some(cancelled) = self
+            .leases
+            .as_mut()
+            .and_then(|leases| leases.pending.get_mut(&msg.start.id))
+        {
+            *cancelled = true;
+        }
         self.enqueue(RecordWrite::Start(msg.start), ctx);
         self.enqueue(RecordWrite::End(msg.end), ctx);
     }
@@ -418,6 +637,7 @@ mod tests {
             audio_out_ms: 980,
             failovers: 0,
             first_response_ms: Some(21),
+            usage: Vec::new(),
         }
     }
 
@@ -730,5 +950,138 @@ mod tests {
         }
         let stats = supervisor.send(Stats).await.unwrap();
         assert_eq!((stats.queued_writes, stats.dropped_queue_full), (3, 1));
+    }
+
+    /// Two supervisors sharing leases stand for two replicas on one database: a key with
+    /// `max_sessions = 1` admitted on one is refused on the other, the lease goes when the
+    /// session ends, and the slot is then free on the other.
+    #[actix_rt::test]
+    async fn leases_hold_a_key_limit_across_supervisors() {
+        let leases = Arc::new(crate::store::InMemoryLeases::new());
+        let renew = Duration::from_secs(60);
+        let a = Supervisor::new(
+            Arc::new(InMemorySessionStore::new()),
+            SupervisorConfig::default(),
+        )
+        .with_leases(leases.clone(), renew)
+        .start();
+        let b = Supervisor::new(
+            Arc::new(InMemorySessionStore::new()),
+            SupervisorConfig::default(),
+        )
+        .with_leases(leases.clone(), renew)
+        .start();
+        let key = Some(Uuid::now_v7());
+        let first = start(key);
+        let first_id = first.id;
+        admit(&a, first, Some(1)).await.0.unwrap();
+        assert!(leases.holds(first_id));
+        assert_eq!(
+            admit(&b, start(key), Some(1)).await.0,
+            Err(AdmitError::LimitExceeded { live: 1, max: 1 })
+        );
+        admit(&b, start(None), None).await.0.unwrap();
+        a.send(SessionEnded { end: end(first_id) }).await.unwrap();
+        // The release runs on the lease lane, after the end is handled.
+        let mut admitted = Err(AdmitError::Draining);
+        for _ in 0..50 {
+            admitted = admit(&b, start(key), Some(1)).await.0;
+            if admitted.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admitted.unwrap();
+        assert!(!leases.holds(first_id));
+    }
+
+    /// With the leases down, sessions are admitted at once on the process's own count (which
+    /// still holds the key's limit), and the next renewal once they are back leases them.
+    #[actix_rt::test]
+    async fn leases_down_falls_back_to_the_process_count_then_renews() {
+        let leases = Arc::new(crate::store::InMemoryLeases::new());
+        leases.set_down(true);
+        let supervisor = Supervisor::new(
+            Arc::new(InMemorySessionStore::new()),
+            SupervisorConfig::default(),
+        )
+        .with_leases(leases.clone(), Duration::from_millis(100))
+        .start();
+        let key = Some(Uuid::now_v7());
+        let first = start(key);
+        let first_id = first.id;
+        let began = std::time::Instant::now();
+        admit(&supervisor, first, Some(1)).await.0.unwrap();
+        assert_eq!(
+            admit(&supervisor, start(key), Some(1)).await.0,
+            Err(AdmitError::LimitExceeded { live: 1, max: 1 })
+        );
+        admit(&supervisor, start(None), None).await.0.unwrap();
+        assert!(
+            began.elapsed() < LEASE_ACQUIRE_TIMEOUT + Duration::from_millis(500),
+            "an outage costs at most one short wait"
+        );
+        assert!(supervisor.send(Stats).await.unwrap().lease_fallbacks >= 1);
+        leases.set_down(false);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            leases.holds(first_id),
+            "the renewal leased the fallback session"
+        );
+    }
+
+    /// Leases that answer after a delay, to catch a session ending while its admission waits.
+    struct SlowLeases(Arc<crate::store::InMemoryLeases>, Duration);
+
+    impl SessionLeases for SlowLeases {
+        fn acquire<'a>(
+            &'a self,
+            request: &'a LeaseRequest,
+        ) -> crate::store::StoreFuture<'a, LeaseGrant> {
+            Box::pin(async move {
+                tokio::time::sleep(self.1).await;
+                self.0.acquire(request).await
+            })
+        }
+        fn release<'a>(&'a self, session_id: Uuid) -> crate::store::StoreFuture<'a, ()> {
+            self.0.release(session_id)
+        }
+        fn renew<'a>(&'a self, live: &'a [LeaseEntry]) -> crate::store::StoreFuture<'a, ()> {
+            self.0.renew(live)
+        }
+    }
+
+    /// A session that ends (RecordUnadmitted) while its lease is being taken is not
+    /// registered when the lease comes, and its lease is given back: the key's slot is free.
+    #[actix_rt::test]
+    async fn a_session_ending_while_its_lease_is_taken_gives_the_lease_back() {
+        let leases = Arc::new(crate::store::InMemoryLeases::new());
+        let slow = Arc::new(SlowLeases(leases.clone(), Duration::from_millis(200)));
+        let supervisor = Supervisor::new(
+            Arc::new(InMemorySessionStore::new()),
+            SupervisorConfig::default(),
+        )
+        .with_leases(slow, Duration::from_secs(60))
+        .start();
+        let key = Some(Uuid::now_v7());
+        let s = start(key);
+        let id = s.id;
+        let (session, _) = fake_session();
+        let admitting = supervisor.send(Admit {
+            start: s.clone(),
+            max_sessions: Some(1),
+            session,
+        });
+        let ending = supervisor.send(RecordUnadmitted {
+            end: end(id),
+            start: s,
+        });
+        let (admitted, ended) = tokio::join!(admitting, ending);
+        ended.unwrap();
+        assert!(admitted.unwrap().is_ok(), "it was admitted, then ended");
+        assert!(supervisor.send(ListLive).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!leases.holds(id), "the lease was given back");
+        admit(&supervisor, start(key), Some(1)).await.0.unwrap();
     }
 }

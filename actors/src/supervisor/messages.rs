@@ -169,4 +169,7 @@ pub struct SupervisorStats {
     pub dropped_queue_full: u64,
     /// Writes the store rejected (not retried).
     pub rejected: u64,
+    /// Sessions admitted on this process's own count because the shared leases (several
+    /// replicas) were out of reach.
+    pub lease_fallbacks: u64,
 }

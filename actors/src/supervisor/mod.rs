@@ -14,6 +14,24 @@
 //! store is still away, [`TakeQueued`] hands what is left to the server to spool to a file, and
 //! [`Replay`] queues a spool's writes at the next start.
 //!
+//! # Limits across replicas: leases
+//!
+//! Alone, the supervisor enforces a key's `max_sessions` by counting the sessions of its own
+//! process. Given a [`SessionLeases`](crate::store::SessionLeases)
+//! ([`Supervisor::with_leases`]; the app does this on PostgreSQL), every admission also takes
+//! a lease shared by all replicas, atomically with the check of the key's unexpired leases, so
+//! the limit holds across replicas. The supervisor then:
+//!
+//! - waits at most [`LEASE_ACQUIRE_TIMEOUT`] for the lease; if the leases are out of reach
+//!   (error or timeout) it admits on its own count, logs it, and for
+//!   [`LEASE_RETRY_AFTER`] admits on its own count without asking (so an outage costs one
+//!   short wait, not one per call). A store outage never refuses or blocks a call;
+//! - renews the leases of all its live sessions every renew interval (taking one for any
+//!   session admitted without), which also marks the replica alive;
+//! - releases a session's lease when it leaves the registry. Releases and renewals run one at
+//!   a time, in order, so a renewal never resurrects a lease released after it; a release that
+//!   fails is not retried: the lease expires with the TTL, as a dead replica's do.
+//!
 //! # What callers must keep
 //!
 //! - A session asks [`Admit`] before it starts its provider and, if admitted, sends exactly one
@@ -49,3 +67,10 @@ pub const LIVENESS_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long one store call may take before it counts as failed (and is retried).
 pub const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a lease at admission before admitting on the process's own count.
+pub const LEASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After the leases failed to answer, how long admissions use the process's own count
+/// without asking them (a renewal that succeeds ends it sooner).
+pub const LEASE_RETRY_AFTER: Duration = Duration::from_secs(5);

@@ -55,6 +55,10 @@ struct Cli {
     /// Gemini: send server messages as JSON in binary frames instead of text frames.
     #[arg(long, env = "VOXROUTE_STANDIN_GEMINI_BINARY_FRAMES")]
     gemini_binary_frames: bool,
+    /// Gemini: send `goAway` this many seconds after `setupComplete` (clients resume on a new
+    /// connection).
+    #[arg(long, env = "VOXROUTE_STANDIN_GEMINI_GO_AWAY_AFTER_SECS")]
+    gemini_go_away_after_secs: Option<f64>,
 }
 
 fn parse_fail_mode(text: &str) -> Result<FailMode, String> {
@@ -74,6 +78,7 @@ impl Cli {
             idle_timeout_ms: self.idle_timeout_ms,
             ping_interval_ms: self.ping_interval_ms,
             gemini_binary_frames: self.gemini_binary_frames,
+            gemini_go_away_after_secs: self.gemini_go_away_after_secs,
         }
     }
 }

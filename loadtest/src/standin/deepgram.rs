@@ -300,6 +300,7 @@ impl Session for DeepgramSession {
         SessionCounters {
             audio_received_ms: self.clock.audio_ms(),
             pongs_received: 0,
+            resumed: 0,
         }
     }
 }

@@ -284,6 +284,7 @@ impl Session for ElevenLabsSession {
         SessionCounters {
             audio_received_ms: self.clock.audio_ms(),
             pongs_received: self.pongs,
+            resumed: 0,
         }
     }
 }

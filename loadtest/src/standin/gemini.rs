@@ -26,6 +26,12 @@
 //!   `activityEnd` give `serverContent.turnComplete: true` (once per turn).
 //!   `clientContent` with `turnComplete: true` gets a text part `"echo: <text>"` and
 //!   `turnComplete`.
+//! - **Resumption**: a `setup` with `sessionResumption` gets a
+//!   `sessionResumptionUpdate {newHandle: "standin-resume-…", resumable: true}` after
+//!   `setupComplete`; a `setup` resuming one of those handles is counted
+//!   ([`ProviderStats::resumed_sessions`](super::ProviderStats::resumed_sessions)).
+//!   With [`Knobs::gemini_go_away_after_secs`], `goAway {timeLeft: "5s"}` follows that long
+//!   after `setupComplete` (the stand-in does not close by itself after it).
 //! - **Transcripts**: each whole second of input gives `serverContent.inputTranscription
 //!   {text: "audio S.S-E.Es"}` (always, whether or not `inputAudioTranscription` was set up);
 //!   `audioStreamEnd` flushes the rest with `finished: true`.
@@ -59,6 +65,12 @@ pub const INVALID_CLOSE_CODE: u16 = 1007;
 
 const OUTPUT_MIME: &str = "audio/pcm;rate=24000";
 
+/// What the stand-in's resumption handles start with (a `setup` resuming one is counted).
+const RESUMPTION_HANDLE_PREFIX: &str = "standin-resume-";
+
+/// The `timeLeft` of the stand-in's `goAway` (it never closes by itself after it).
+const GO_AWAY_TIME_LEFT: &str = "5s";
+
 pub(crate) fn authorized(upgrade: &Upgrade<'_>) -> bool {
     upgrade.query("key").is_some_and(|key| !key.is_empty())
         || upgrade
@@ -87,7 +99,10 @@ pub(crate) fn reject(status: StatusCode, message: &str) -> Rejection {
 
 pub(crate) fn open(_upgrade: &Upgrade<'_>, knobs: &Knobs) -> Result<Opened, Rejection> {
     Ok(Opened {
-        session: Box::new(GeminiSession::new(knobs.gemini_binary_frames)),
+        session: Box::new(GeminiSession::new(
+            knobs.gemini_binary_frames,
+            knobs.gemini_go_away_after(),
+        )),
         headers: Vec::new(),
     })
 }
@@ -126,14 +141,31 @@ pub(crate) struct GeminiSession {
     audio_ms_before: u64,
     /// Model audio was sent in the current turn (a turn ends with `turnComplete`).
     turn_open: bool,
+    /// When to send `goAway`, after `setupComplete` ([`Knobs::gemini_go_away_after_secs`]).
+    go_away_after: Option<Duration>,
+    /// When `setupComplete` went out (on the connection's clock), and whether `goAway` did.
+    setup_at: Option<Duration>,
+    go_away_sent: bool,
+    /// The client asked for session resumption (`setup.sessionResumption`): hand out handles.
+    resumption: bool,
+    /// The `setup` resumed a session with one of this stand-in's handles.
+    resumed: bool,
+    /// The connection's clock, as of the last tick.
+    since_open: Duration,
     /// Model audio was ever sent.
     sent_audio: bool,
 }
 
 impl GeminiSession {
-    pub(crate) fn new(binary_frames: bool) -> Self {
+    pub(crate) fn new(binary_frames: bool, go_away_after: Option<Duration>) -> Self {
         GeminiSession {
             binary_frames,
+            go_away_after,
+            setup_at: None,
+            go_away_sent: false,
+            resumption: false,
+            resumed: false,
+            since_open: Duration::ZERO,
             setup_done: false,
             input_rate_hz: DEFAULT_INPUT_RATE_HZ,
             carry: None,
@@ -274,7 +306,21 @@ impl GeminiSession {
                     return out.close(INVALID_CLOSE_CODE, "setup.model is required");
                 }
                 self.setup_done = true;
+                let resumption = field(body, "sessionResumption", "session_resumption");
+                self.resumption = resumption.is_some();
+                self.resumed = resumption
+                    .and_then(|r| r.get("handle"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|handle| handle.starts_with(RESUMPTION_HANDLE_PREFIX));
+                self.setup_at = Some(self.since_open);
                 self.send(out, json!({"setupComplete": {}}));
+                if self.resumption {
+                    let handle = format!("{RESUMPTION_HANDLE_PREFIX}{}", uuid::Uuid::now_v7());
+                    self.send(
+                        out,
+                        json!({"sessionResumptionUpdate": {"newHandle": handle, "resumable": true}}),
+                    );
+                }
             }
             ("setup", true) => out.close(INVALID_CLOSE_CODE, "setup may only be sent once"),
             (_, false) => out.close(INVALID_CLOSE_CODE, "setup must be the first message"),
@@ -322,12 +368,22 @@ impl Session for GeminiSession {
         }
     }
 
-    fn on_tick(&mut self, _since_open: Duration, _out: &mut Outbox) {}
+    fn on_tick(&mut self, since_open: Duration, out: &mut Outbox) {
+        self.since_open = since_open;
+        if let (Some(after), Some(setup_at)) = (self.go_away_after, self.setup_at)
+            && !self.go_away_sent
+            && since_open >= setup_at + after
+        {
+            self.go_away_sent = true;
+            self.send(out, json!({"goAway": {"timeLeft": GO_AWAY_TIME_LEFT}}));
+        }
+    }
 
     fn counters(&self) -> SessionCounters {
         SessionCounters {
             audio_received_ms: self.audio_ms_before + self.clock.audio_ms(),
             pongs_received: 0,
+            resumed: u64::from(self.resumed),
         }
     }
 }
@@ -350,7 +406,7 @@ mod tests {
     /// casings work; a transcript per second; stream end completes the turn.
     #[test]
     fn setup_echo_transcript() {
-        let mut session = GeminiSession::new(false);
+        let mut session = GeminiSession::new(false, None);
         let mut out = Outbox::default();
         session.on_text(
             r#"{"setup":{"model":"models/gemini-live-2.5-flash-preview"}}"#,
@@ -387,6 +443,40 @@ mod tests {
         );
     }
 
+    /// A setup asking for resumption gets a handle; `goAway` goes out once, the configured
+    /// time after `setupComplete`; a setup with one of the stand-in's handles is counted.
+    #[test]
+    fn resumption_handles_and_go_away() {
+        let after = Duration::from_secs(2);
+        let mut session = GeminiSession::new(false, Some(after));
+        let mut out = Outbox::default();
+        session.on_tick(Duration::from_secs(1), &mut out);
+        session.on_text(
+            r#"{"setup":{"model":"m","sessionResumption":{}}}"#,
+            &mut out,
+        );
+        let sent = out.take_json();
+        assert_eq!(sent[0], json!({"setupComplete": {}}));
+        let handle = sent[1]["sessionResumptionUpdate"]["newHandle"]
+            .as_str()
+            .expect("a handle")
+            .to_owned();
+        assert!(handle.starts_with(RESUMPTION_HANDLE_PREFIX), "{handle}");
+        assert_eq!(sent[1]["sessionResumptionUpdate"]["resumable"], true);
+        session.on_tick(Duration::from_millis(2_900), &mut out);
+        assert!(out.take_json().is_empty(), "not before setup + 2 s");
+        session.on_tick(Duration::from_secs(3), &mut out);
+        assert_eq!(out.take_json(), vec![json!({"goAway": {"timeLeft": "5s"}})]);
+        session.on_tick(Duration::from_secs(9), &mut out);
+        assert!(out.take_json().is_empty(), "only once");
+        assert_eq!(session.counters().resumed, 0);
+
+        let mut resumed = GeminiSession::new(false, None);
+        let setup = json!({"setup": {"model": "m", "sessionResumption": {"handle": handle}}});
+        resumed.on_text(&setup.to_string(), &mut out);
+        assert_eq!(resumed.counters().resumed, 1);
+    }
+
     /// Audio before setup, two fields, garbage: close 1007.
     #[test]
     fn protocol_violations_close_1007() {
@@ -396,7 +486,7 @@ mod tests {
             "nope".into(),
             r#"{"setup":{}}"#.into(),
         ] {
-            let mut session = GeminiSession::new(false);
+            let mut session = GeminiSession::new(false, None);
             let mut out = Outbox::default();
             session.on_text(&bad, &mut out);
             assert_eq!(

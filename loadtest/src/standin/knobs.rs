@@ -79,6 +79,10 @@ pub struct Knobs {
     /// Browser examples of the real Live API decode server messages from Blobs, which
     /// suggests binary frames (unverified); this lets tests check an adapter reads both.
     pub gemini_binary_frames: bool,
+    /// Gemini only: this many seconds after `setupComplete`, send `goAway` (the connection's
+    /// lifetime is ending; the client should resume on a new connection with the handle of
+    /// the last `sessionResumptionUpdate`). `None`: never.
+    pub gemini_go_away_after_secs: Option<f64>,
 }
 
 impl Default for Knobs {
@@ -93,6 +97,7 @@ impl Default for Knobs {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
             gemini_binary_frames: false,
+            gemini_go_away_after_secs: None,
         }
     }
 }
@@ -125,6 +130,13 @@ impl Knobs {
     /// non-finite value counts as never).
     pub fn fail_after(&self) -> Option<Duration> {
         self.fail_after_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+    }
+
+    /// When a Gemini connection gets `goAway`, as a time after its `setupComplete` (`None`:
+    /// never; a negative or non-finite value counts as never).
+    pub fn gemini_go_away_after(&self) -> Option<Duration> {
+        self.gemini_go_away_after_secs
             .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
     }
 
@@ -169,6 +181,12 @@ impl Knobs {
                 "gemini_binary_frames" => {
                     knobs.gemini_binary_frames = value.parse().map_err(|_| bad())?
                 }
+                "gemini_go_away_after_secs" => {
+                    knobs.gemini_go_away_after_secs = match value {
+                        "none" | "off" => None,
+                        _ => Some(value.parse().map_err(|_| bad())?),
+                    }
+                }
                 _ => return Err(KnobError::UnknownKnob(name.into())),
             }
         }
@@ -190,7 +208,8 @@ mod tests {
         let knobs = base
             .with_overrides(
                 "fail_after_secs:1.5, fail_mode:drop,refuse_auth,malformed_every:3,\
-                 rate_limit:false,idle_timeout_ms:200,ping_interval_ms:0,gemini_binary_frames",
+                 rate_limit:false,idle_timeout_ms:200,ping_interval_ms:0,gemini_binary_frames,\
+                 gemini_go_away_after_secs:2.5",
             )
             .unwrap();
         assert_eq!(knobs.latency_ms, 7);
@@ -198,6 +217,10 @@ mod tests {
         assert_eq!(knobs.fail_mode, FailMode::Drop);
         assert!(knobs.refuse_auth);
         assert_eq!(knobs.malformed_period(), Some(3));
+        assert_eq!(
+            knobs.gemini_go_away_after(),
+            Some(Duration::from_millis(2500))
+        );
         assert!(!knobs.rate_limit);
         assert_eq!(knobs.idle_timeout_ms, 200);
         assert_eq!(knobs.ping_interval_ms, 0);

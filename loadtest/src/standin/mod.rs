@@ -151,6 +151,9 @@ pub struct ProviderStats {
     pub server_messages: u64,
     /// ElevenLabs `pong` replies that matched an outstanding `ping` (0 for the others).
     pub pongs_received: u64,
+    /// Gemini connections whose `setup` resumed a session with a handle this stand-in gave
+    /// (0 for the others).
+    pub resumed_sessions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +165,7 @@ struct Counters {
     client_messages: AtomicU64,
     server_messages: AtomicU64,
     pongs_received: AtomicU64,
+    resumed_sessions: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +200,7 @@ impl Stats {
             client_messages: c.client_messages.load(Ordering::Relaxed),
             server_messages: c.server_messages.load(Ordering::Relaxed),
             pongs_received: c.pongs_received.load(Ordering::Relaxed),
+            resumed_sessions: c.resumed_sessions.load(Ordering::Relaxed),
         }
     }
 
@@ -366,6 +371,8 @@ impl Outbox {
 pub(crate) struct SessionCounters {
     pub(crate) audio_received_ms: u64,
     pub(crate) pongs_received: u64,
+    /// 1 once the connection resumed an earlier session (Gemini `sessionResumption`).
+    pub(crate) resumed: u64,
 }
 
 /// One connection of one protocol, without I/O: the driver calls `on_open` once, then
@@ -836,6 +843,10 @@ impl Driver<'_> {
         self.counters.pongs_received.fetch_add(
             now.pongs_received
                 .saturating_sub(self.reported.pongs_received),
+            Ordering::Relaxed,
+        );
+        self.counters.resumed_sessions.fetch_add(
+            now.resumed.saturating_sub(self.reported.resumed),
             Ordering::Relaxed,
         );
         self.reported = now;

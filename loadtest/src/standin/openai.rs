@@ -646,6 +646,7 @@ impl Session for OpenAiSession {
         SessionCounters {
             audio_received_ms: self.audio_ms_before + self.clock.audio_ms(),
             pongs_received: 0,
+            resumed: 0,
         }
     }
 }
