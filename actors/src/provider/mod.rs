@@ -127,6 +127,21 @@ pub struct ProviderSpec {
 }
 
 impl ProviderSpec {
+    /// The same provider, labelled with voxroute's session id where its protocol has a place
+    /// for it (DESIGN.md: Deepgram's `tag` query parameter, ElevenLabs' conversation
+    /// `user_id`), so the provider's usage reports can be matched to voxroute's records.
+    pub fn for_session(&self, session_id: uuid::Uuid) -> ProviderSpec {
+        let mut spec = self.clone();
+        match &mut spec.kind {
+            ProviderKind::Deepgram(settings) => settings.tag = Some(session_id.to_string()),
+            ProviderKind::ElevenLabs(settings) => {
+                settings.user_id = Some(session_id.to_string());
+            }
+            _ => {}
+        }
+        spec
+    }
+
     /// The same provider for a new connection that resumes the conversation of `handle`
     /// (after [`ProviderEvent::GoAway`]): for Gemini the handle goes in the setup's
     /// `sessionResumption`; providers without resumption get an unchanged copy.

@@ -505,7 +505,13 @@ impl SessionCore {
         self.outputs.push_back(Output::Authorize(request));
     }
 
-    fn on_admitted(&mut self, now: Instant, admission: Admission) {
+    fn on_admitted(&mut self, now: Instant, mut admission: Admission) {
+        // Every provider of the session hears voxroute's session id where its protocol has a
+        // place for it, so its usage reports can be matched to our records.
+        admission.provider = admission.provider.for_session(admission.session_id);
+        for fallback in &mut admission.fallbacks {
+            *fallback = fallback.for_session(admission.session_id);
+        }
         let Phase::Authorizing { format, pending } =
             std::mem::replace(&mut self.phase, Phase::AwaitingStart)
         else {

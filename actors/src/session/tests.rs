@@ -924,3 +924,56 @@ fn going_away_reconnects_to_the_same_provider_resuming() {
     assert_eq!((outcome.failovers, outcome.reconnects), (0, 1));
     assert_eq!(outcome.audio_in_ms, 180);
 }
+
+/// The providers of a session carry its id where their protocol has a place for it:
+/// Deepgram's `tag`, ElevenLabs' `user_id` (the fallbacks too); others are unchanged.
+#[test]
+fn providers_are_labelled_with_the_session_id() {
+    use crate::provider::deepgram::DeepgramSettings;
+    use crate::provider::elevenlabs::ElevenLabsSettings;
+    let t0 = Instant::now();
+    let deepgram = ProviderSpec {
+        kind: ProviderKind::Deepgram(Box::new(DeepgramSettings::new(None))),
+        ..spec("deepgram", 16_000, 16_000)
+    };
+    let elevenlabs = ProviderSpec {
+        kind: ProviderKind::ElevenLabs(Box::new(ElevenLabsSettings::new("agent"))),
+        ..spec("elevenlabs", 16_000, 16_000)
+    };
+    let mut core = SessionCore::new(ClientProtocol::Native, SessionConfig::default(), t0);
+    core.handle_input(
+        t0,
+        Input::ClientText(r#"{"type":"start","codec":"pcm16","sample_rate":8000}"#),
+    );
+    drain(&mut core);
+    let session_id = Uuid::now_v7();
+    core.handle_input(
+        t0,
+        Input::Admitted(Admission {
+            session_id,
+            provider: deepgram,
+            fallbacks: vec![elevenlabs],
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    let Some(Output::StartProvider(first)) = outputs.first() else {
+        panic!("{outputs:?}");
+    };
+    let ProviderKind::Deepgram(settings) = &first.kind else {
+        panic!("{first:?}");
+    };
+    assert_eq!(settings.tag, Some(session_id.to_string()));
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    let (outputs, _) = drain(&mut core);
+    let next = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::StartProvider(spec) => Some(spec),
+            _ => None,
+        })
+        .expect("the fallback starts");
+    let ProviderKind::ElevenLabs(settings) = &next.kind else {
+        panic!("{next:?}");
+    };
+    assert_eq!(settings.user_id, Some(session_id.to_string()));
+}
