@@ -103,8 +103,16 @@ fn store_failed(error: &QueryError) -> HttpResponse {
     }
 }
 
-/// The id of the path, or the 400 answer for one that is not a UUID.
-fn parse_id(raw: &str) -> Result<Uuid, Box<HttpResponse>> {
+/// The id of the path of an authorised request, or the answer that refuses it: 401 for the
+/// token, 400 for an id that is not a UUID.
+fn authorised_id(
+    req: &HttpRequest,
+    state: &AppState,
+    raw: &str,
+) -> Result<Uuid, Box<HttpResponse>> {
+    if let Some(refusal) = refuse(req, state) {
+        return Err(Box::new(refusal));
+    }
     raw.parse().map_err(|_| {
         Box::new(problem(
             StatusCode::BAD_REQUEST,
@@ -175,10 +183,7 @@ async fn live_sessions(req: HttpRequest, state: State) -> HttpResponse {
 }
 
 async fn end_session(req: HttpRequest, state: State, id: web::Path<String>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
-        return refusal;
-    }
-    let id = match parse_id(&id) {
+    let id = match authorised_id(&req, &state, &id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -314,10 +319,7 @@ async fn create_key(req: HttpRequest, state: State, body: web::Bytes) -> HttpRes
 }
 
 async fn revoke_key(req: HttpRequest, state: State, id: web::Path<String>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
-        return refusal;
-    }
-    let id = match parse_id(&id) {
+    let id = match authorised_id(&req, &state, &id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -333,10 +335,7 @@ async fn revoke_key(req: HttpRequest, state: State, id: web::Path<String>) -> Ht
 }
 
 async fn export_key(req: HttpRequest, state: State, id: web::Path<String>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
-        return refusal;
-    }
-    let id = match parse_id(&id) {
+    let id = match authorised_id(&req, &state, &id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
@@ -386,10 +385,7 @@ async fn export_key(req: HttpRequest, state: State, id: web::Path<String>) -> Ht
 }
 
 async fn erase_key(req: HttpRequest, state: State, id: web::Path<String>) -> HttpResponse {
-    if let Some(refusal) = refuse(&req, &state) {
-        return refusal;
-    }
-    let id = match parse_id(&id) {
+    let id = match authorised_id(&req, &state, &id) {
         Ok(id) => id,
         Err(response) => return *response,
     };

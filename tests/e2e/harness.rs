@@ -499,6 +499,24 @@ fn capture(
     }
 }
 
+/// The record of session `id` in `store` once it has ended (polled: records are written
+/// asynchronously, by whichever router held the session).
+pub(crate) async fn ended_record(store: &Store, id: Uuid) -> SessionRow {
+    eventually(
+        WAIT,
+        &format!("the end record of session {id}"),
+        async || {
+            store
+                .get_session(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|row| row.close_reason.is_some())
+        },
+    )
+    .await
+}
+
 /// A stand-in provider server (all four hosted protocols, `voxroute-standin`) on its own
 /// loopback port in this process, and its counters.
 pub(crate) async fn standin_with(
@@ -577,20 +595,7 @@ impl Setup {
     /// The record of session `id` once it has ended (polled: records are written
     /// asynchronously).
     pub(crate) async fn ended(&self, id: Uuid) -> SessionRow {
-        let store = &self.store;
-        eventually(
-            WAIT,
-            &format!("the end record of session {id}"),
-            async || {
-                store
-                    .get_session(id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|row| row.close_reason.is_some())
-            },
-        )
-        .await
+        ended_record(&self.store, id).await
     }
 
     /// The ended records of key `key_id`, once there are `count` (fails if there are more);

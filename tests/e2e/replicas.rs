@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::harness::{Router, RouterOptions, TWILIO, TestDb, TwilioCaller, WAIT, eventually};
+use crate::harness::{Router, RouterOptions, TWILIO, TestDb, TwilioCaller, WAIT, ended_record};
 
 const TOKEN: &str = "replicas-admin-token-0123456789";
 
@@ -139,15 +139,7 @@ async fn two_replicas_share_limits_live_list_and_kill(pool: sqlx::PgPool) {
     let closed = on_a.conn.wait_closed(WAIT).await;
     assert_eq!(closed.reason, "KILLED_BY_ADMIN");
     let id: Uuid = session_id.parse().unwrap();
-    let row = eventually(WAIT, "the killed session's end record", async || {
-        store
-            .get_session(id)
-            .await
-            .ok()
-            .flatten()
-            .filter(|row| row.close_reason.is_some())
-    })
-    .await;
+    let row = ended_record(&store, id).await;
     assert_eq!(row.close_reason.as_deref(), Some("KILLED_BY_ADMIN"));
     let (status, again) = admin(
         replica_b,
