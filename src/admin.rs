@@ -70,14 +70,7 @@ fn refuse(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
             "the admin API is closed: set VOXROUTE_ADMIN_TOKEN to open it",
         ));
     };
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .unwrap_or_default();
+    let presented = crate::edge::bearer_key(req).unwrap_or_default();
     let equal: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
     (!equal).then(|| {
         problem(

@@ -260,8 +260,9 @@ pub async fn caller_key(
     }
 }
 
-/// The key of an `Authorization: Bearer …` header, if any.
-fn bearer_key(req: &HttpRequest) -> Option<String> {
+/// The token of an `Authorization: Bearer …` header (scheme case-insensitive, token trimmed),
+/// if any: a caller's API key here, the admin token in [`crate::admin`].
+pub(crate) fn bearer_key(req: &HttpRequest) -> Option<String> {
     let value = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)?
