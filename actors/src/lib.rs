@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod close_reason;
+pub mod jitter;
 pub mod protocol;
 pub mod provider;
 pub mod record;

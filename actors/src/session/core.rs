@@ -86,6 +86,11 @@ pub enum ClientProtocol {
     Twilio,
     /// voxroute's native protocol (`/v1/ws`).
     Native,
+    /// WebRTC (`/v1/webrtc`): the start comes from the HTTP request
+    /// ([`Input::ClientStart`]), each [`Input::ClientBinary`] is one Opus packet in sequence
+    /// order (the driver's jitter buffer has reordered them) and a lost packet is
+    /// [`Input::ClientLost`]; events are the native protocol's, as data channel text.
+    WebRtc,
 }
 
 /// Something that happened, for [`SessionCore::handle_input`].
@@ -97,6 +102,16 @@ pub enum Input<'a> {
     ClientBinary(&'a [u8]),
     /// The caller's socket closed.
     ClientClosed,
+    /// The caller's start, learned outside the media channel ([`ClientProtocol::WebRtc`]:
+    /// the HTTP offer's key, query and negotiated codec). Ignored by the other protocols.
+    ClientStart(AuthorizeRequest),
+    /// [`ClientProtocol::WebRtc`]: the caller's next packet is lost; `next` is the packet
+    /// after it when it has already arrived (its in-band FEC rebuilds the lost one), else the
+    /// decoder conceals the gap. Either way the provider gets a 20 ms frame for it.
+    ClientLost {
+        /// The packet after the lost one, if it is here.
+        next: Option<&'a [u8]>,
+    },
     /// The driver checked the key and the supervisor admitted the session.
     Admitted(Admission),
     /// The driver or the supervisor refused the session.
@@ -143,8 +158,12 @@ pub struct AuthorizeRequest {
 pub enum Output {
     /// Send this text frame to the caller.
     ToClientText(String),
-    /// Send this binary frame to the caller.
+    /// Send this binary frame to the caller (for [`ClientProtocol::WebRtc`]: one Opus packet
+    /// of 20 ms, to be paced at real time).
     ToClientBinary(Vec<u8>),
+    /// Barge-in ([`ClientProtocol::WebRtc`]): drop the caller audio queued for pacing and not
+    /// yet sent. (WebSocket callers get a `clear` message instead.)
+    FlushClientAudio,
     /// Check the caller's key and admit the session; answer with [`Input::Admitted`] or
     /// [`Input::Refused`].
     Authorize(AuthorizeRequest),
@@ -185,6 +204,9 @@ pub struct SessionOutcome {
     pub bad_frames: u64,
     /// Caller payloads dropped because they came too early or too fast to hold.
     pub dropped_payloads: u64,
+    /// Lost caller packets ([`ClientProtocol::WebRtc`]) rebuilt by FEC or concealed by PLC,
+    /// so the provider's stream had no gap.
+    pub concealed_frames: u64,
     /// How many times the session moved to another provider.
     pub failovers: u32,
     /// How many times the session reconnected to the same provider because it was going
@@ -203,6 +225,18 @@ pub struct SessionOutcome {
 enum Protocol {
     Twilio(TwilioCodec),
     Native(NativeCodec),
+    /// The native codec writes the data channel's events; media does not go through it.
+    WebRtc(NativeCodec),
+}
+
+impl Protocol {
+    /// The codec that writes native events, for the protocols that have an event channel.
+    fn events(&mut self) -> Option<&mut NativeCodec> {
+        match self {
+            Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
+            Protocol::Twilio(_) => None,
+        }
+    }
 }
 
 /// The live part of a session: exists from admission to the end, and is dropped (with every
@@ -262,6 +296,7 @@ pub struct SessionCore {
     consecutive_bad_frames: u32,
     error_events_sent: u32,
     dropped_payloads: u64,
+    concealed_frames: u64,
     marks_sent: u64,
     /// `frames_out` when the last Twilio mark was sent.
     frames_at_last_mark: u64,
@@ -322,6 +357,7 @@ impl SessionCore {
             protocol: match protocol {
                 ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
                 ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
+                ClientProtocol::WebRtc => Protocol::WebRtc(NativeCodec::new()),
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
@@ -335,6 +371,7 @@ impl SessionCore {
             consecutive_bad_frames: 0,
             error_events_sent: 0,
             dropped_payloads: 0,
+            concealed_frames: 0,
             marks_sent: 0,
             frames_at_last_mark: 0,
             providers_tried: Vec::new(),
@@ -367,6 +404,12 @@ impl SessionCore {
             Input::ClientText(text) => self.on_client_text(now, text),
             Input::ClientBinary(bytes) => self.on_client_binary(now, bytes),
             Input::ClientClosed => self.end(now, SessionCloseReason::ClientHangup),
+            Input::ClientStart(request) => {
+                if matches!(self.protocol, Protocol::WebRtc(_)) {
+                    self.begin_authorize(request);
+                }
+            }
+            Input::ClientLost { next } => self.on_audio_lost(now, next),
             Input::Admitted(admission) => self.on_admitted(now, admission),
             Input::Refused { reason, message } => {
                 self.send_error("refused", message);
@@ -450,7 +493,7 @@ impl SessionCore {
                 Ok(TwilioInbound::Stop) => self.end(now, SessionCloseReason::ClientHangup),
                 Err(error) => self.bad_frame(now, error),
             },
-            Protocol::Native(codec) => match codec.decode_text(text) {
+            Protocol::Native(codec) | Protocol::WebRtc(codec) => match codec.decode_text(text) {
                 Ok(NativeInbound::Start(start)) => {
                     self.good_frame();
                     let request = AuthorizeRequest {
@@ -474,6 +517,8 @@ impl SessionCore {
         let result = match &mut self.protocol {
             Protocol::Twilio(codec) => codec.decode_binary(bytes).map(|_| ()),
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
+            // One Opus packet, checked by the decoder in the ingress chain.
+            Protocol::WebRtc(_) => Ok(()),
         };
         match result {
             Ok(()) => {
@@ -545,7 +590,7 @@ impl SessionCore {
         );
         self.outputs
             .push_back(Output::StartProvider(admission.provider.clone()));
-        if let Protocol::Native(codec) = &mut self.protocol {
+        if let Some(codec) = self.protocol.events() {
             let text = codec.encode_event(&ServerEvent::SessionStarted {
                 session_id: admission.session_id,
                 provider: &admission.provider.name,
@@ -586,18 +631,7 @@ impl SessionCore {
                     }
                     return;
                 }
-                let live = &mut **live;
-                while let Some(frame) = live.ingress.pop_frame() {
-                    // During a failover the ring holds the audio until the replay is out.
-                    live.replay.push(frame, live.awaiting_ready);
-                    if !live.awaiting_ready {
-                        self.outputs
-                            .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
-                    }
-                    self.frames_in += 1;
-                }
-                self.last_audio_at = now;
-                self.first_audio_at.get_or_insert(now);
+                self.forward_ingress(now);
             }
             Phase::Authorizing { pending, .. } => {
                 if pending.len() < MAX_PENDING_PAYLOADS {
@@ -611,6 +645,47 @@ impl SessionCore {
         }
     }
 
+    /// A lost caller packet (WebRTC): FEC from the next packet when it is here, else PLC, so
+    /// the provider's frame stream has no gap.
+    fn on_audio_lost(&mut self, now: Instant, next: Option<&[u8]>) {
+        let Phase::Live(live) = &mut self.phase else {
+            // Before admission nothing is decoded yet: there is no gap to fill.
+            self.dropped_payloads += 1;
+            return;
+        };
+        let rebuilt = match next {
+            Some(next) => live.ingress.push_recovered(next),
+            None => live.ingress.push_lost(),
+        };
+        match rebuilt {
+            Ok(()) => {
+                self.concealed_frames += 1;
+                self.forward_ingress(now);
+            }
+            Err(error) => tracing::debug!(%error, "cannot conceal a lost packet"),
+        }
+    }
+
+    /// Sends the ingress chain's complete frames to the provider (or, during a failover, to
+    /// the replay ring only).
+    fn forward_ingress(&mut self, now: Instant) {
+        let Phase::Live(live) = &mut self.phase else {
+            return;
+        };
+        let live = &mut **live;
+        while let Some(frame) = live.ingress.pop_frame() {
+            // During a failover the ring holds the audio until the replay is out.
+            live.replay.push(frame, live.awaiting_ready);
+            if !live.awaiting_ready {
+                self.outputs
+                    .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+            }
+            self.frames_in += 1;
+        }
+        self.last_audio_at = now;
+        self.first_audio_at.get_or_insert(now);
+    }
+
     fn on_provider(&mut self, now: Instant, event: ProviderEvent) {
         match event {
             ProviderEvent::Ready => self.on_provider_ready(now),
@@ -620,7 +695,7 @@ impl SessionCore {
             }
             ProviderEvent::Transcript { text, is_final } => {
                 self.on_provider_answered(now);
-                if let Protocol::Native(codec) = &mut self.protocol {
+                if let Some(codec) = self.protocol.events() {
                     let text = codec.encode_event(&ServerEvent::Transcript {
                         text: &text,
                         is_final,
@@ -727,7 +802,7 @@ impl SessionCore {
         tracing::info!(from = %from.name, to = %live.provider.name, failovers = self.failovers, "provider failed: failing over");
         self.outputs
             .push_back(Output::StartProvider(live.provider.clone()));
-        if let Protocol::Native(codec) = &mut self.protocol {
+        if let Some(codec) = self.protocol.events() {
             let text = codec.encode_event(&ServerEvent::ProviderSwitched {
                 from: &from.name,
                 to: &live.provider.name,
@@ -795,7 +870,9 @@ impl SessionCore {
                             continue;
                         }
                     },
-                    Protocol::Native(_) => Output::ToClientBinary(encoded.to_vec()),
+                    Protocol::Native(_) | Protocol::WebRtc(_) => {
+                        Output::ToClientBinary(encoded.to_vec())
+                    }
                 };
                 self.outputs.push_back(output);
                 self.frames_out += 1;
@@ -835,6 +912,10 @@ impl SessionCore {
         let text = match &mut self.protocol {
             Protocol::Twilio(codec) => codec.encode_clear().ok(),
             Protocol::Native(codec) => Some(codec.encode_event(&ServerEvent::Clear)),
+            Protocol::WebRtc(codec) => {
+                self.outputs.push_back(Output::FlushClientAudio);
+                Some(codec.encode_event(&ServerEvent::Clear))
+            }
         };
         if let Some(text) = text {
             self.outputs
@@ -850,7 +931,7 @@ impl SessionCore {
         self.bad_frames += 1;
         self.consecutive_bad_frames += 1;
         tracing::debug!(%error, "caller frame refused");
-        if let Protocol::Native(codec) = &mut self.protocol
+        if let Some(codec) = self.protocol.events()
             && self.error_events_sent < MAX_ERROR_EVENTS
         {
             self.error_events_sent += 1;
@@ -868,7 +949,7 @@ impl SessionCore {
 
     /// A native `error` event (Twilio has no channel for one), within the per-session cap.
     fn send_error(&mut self, code: &str, message: &str) {
-        if let Protocol::Native(codec) = &mut self.protocol
+        if let Some(codec) = self.protocol.events()
             && self.error_events_sent < MAX_ERROR_EVENTS
         {
             self.error_events_sent += 1;
@@ -895,7 +976,7 @@ impl SessionCore {
         };
         // The chains, the framing queue and any held payloads go with the phase.
         drop(phase);
-        if let Protocol::Native(codec) = &mut self.protocol {
+        if let Some(codec) = self.protocol.events() {
             let text = codec.encode_event(&ServerEvent::SessionEnded { reason });
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
@@ -911,6 +992,7 @@ impl SessionCore {
             first_response_ms: self.first_response_ms,
             bad_frames: self.bad_frames,
             dropped_payloads: self.dropped_payloads,
+            concealed_frames: self.concealed_frames,
             failovers: self.failovers,
             reconnects: self.reconnects,
             failover_gap_ms: self.failover_gap_ms,
