@@ -42,6 +42,8 @@ pub struct Config {
     /// cost of `GET /v1/usage`. A provider without a table costs nothing; a table must name
     /// a configured or built-in provider.
     pub prices: BTreeMap<String, ProviderPrice>,
+    /// `[webrtc]`: how browsers reach the media ports of `POST /v1/webrtc` (ICE).
+    pub webrtc: crate::edge::webrtc::WebRtcSettings,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             health: HealthConfig::default(),
             prices: BTreeMap::new(),
+            webrtc: crate::edge::webrtc::WebRtcSettings::default(),
         }
     }
 }
@@ -180,6 +183,7 @@ impl Config {
         }
         self.health.validate()?;
         self.limits.validate()?;
+        self.webrtc.validate()?;
         validate_prices(&self.prices, |name| {
             self.providers.contains_key(name)
                 || name == ECHO

@@ -80,6 +80,8 @@ pub struct SessionCounts<'a> {
     pub frames_bad: u64,
     /// Caller payloads dropped because they arrived before the session could take them.
     pub frames_dropped_early: u64,
+    /// Lost caller packets (WebRTC) rebuilt by FEC or concealed by PLC.
+    pub frames_concealed: u64,
     /// Times the session moved to another provider.
     pub failovers: u64,
 }
@@ -98,6 +100,7 @@ pub struct Metrics {
     frames: Family<FrameLabels, Counter>,
     frames_dropped: Family<DropLabels, Counter>,
     failovers: Counter,
+    frames_concealed: Counter,
     store_queue_depth: Gauge,
     store_written: Gauge,
     store_retries: Gauge,
@@ -130,6 +133,7 @@ impl Metrics {
             frames: Family::default(),
             frames_dropped: Family::default(),
             failovers: Counter::default(),
+            frames_concealed: Counter::default(),
             store_queue_depth: Gauge::default(),
             store_written: Gauge::default(),
             store_retries: Gauge::default(),
@@ -182,6 +186,12 @@ impl Metrics {
                 "frames_dropped",
                 "Caller audio not forwarded, by cause",
                 m.frames_dropped.clone(),
+            );
+            r.register(
+                "frames_concealed",
+                "Lost caller packets (WebRTC) rebuilt from FEC or concealed by PLC, so providers \
+                 got a gap-free stream",
+                m.frames_concealed.clone(),
             );
             r.register(
                 "failovers",
@@ -276,6 +286,7 @@ impl Metrics {
             })
             .inc_by(counts.frames_dropped_early);
         self.failovers.inc_by(counts.failovers);
+        self.frames_concealed.inc_by(counts.frames_concealed);
     }
 
     /// A session that was never admitted (bad key, over its limit) ended.
@@ -398,6 +409,7 @@ mod tests {
             frames_out: 98,
             frames_bad: 2,
             frames_dropped_early: 0,
+            frames_concealed: 3,
             failovers: 1,
         });
         metrics.session_closed("AUTH_FAILED");
@@ -414,6 +426,7 @@ mod tests {
             r#"voxroute_frames_total{direction="in"} 100"#,
             r#"voxroute_frames_dropped_total{cause="bad_payload"} 2"#,
             r#"voxroute_failovers_total 1"#,
+            r#"voxroute_frames_concealed_total 3"#,
             r#"voxroute_provider_failures_total{provider="openai"} 1"#,
             r#"voxroute_provider_connect_seconds_count{provider="echo"} 1"#,
             r#"voxroute_provider_first_response_seconds_count{provider="echo"} 1"#,

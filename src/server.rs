@@ -149,6 +149,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|token| !token.trim().is_empty()),
         prices: config.prices.clone(),
         cluster: cluster.clone(),
+        webrtc: config.webrtc.clone(),
+        webrtc_sessions: Default::default(),
     });
 
     let app_state = Arc::clone(&state);

@@ -22,7 +22,9 @@
 //! `GET /v1/usage` ([`crate::usage`]) takes the key the same way as the upgrades and through
 //! the same check, [`caller_key`]; it never accepts a keyless caller.
 
+mod driver;
 mod session;
+pub mod webrtc;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -74,6 +76,10 @@ pub struct AppState {
     /// This replica's membership of the deployment (PostgreSQL); `None` on SQLite, where
     /// live sessions are this process's alone.
     pub cluster: Option<crate::replicas::Cluster>,
+    /// `[webrtc]`: media ports and ICE servers of `POST /v1/webrtc`.
+    pub webrtc: webrtc::WebRtcSettings,
+    /// This process's live WebRTC sessions, for `DELETE /v1/webrtc/{id}`.
+    pub webrtc_sessions: webrtc::WebRtcSessions,
 }
 
 /// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
@@ -105,7 +111,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/v1/usage", web::get().to(crate::usage::get_usage))
-        .configure(crate::admin::configure);
+        .configure(crate::admin::configure)
+        .configure(webrtc::configure);
     for endpoint in CALLER_ENDPOINTS {
         cfg.route(
             endpoint.path,
@@ -159,22 +166,33 @@ async fn metrics(state: web::Data<Arc<AppState>>) -> HttpResponse {
 
 /// What the upgrade request's query string may carry.
 #[derive(Debug, Default, Deserialize)]
-struct UpgradeQuery {
-    api_key: Option<String>,
+pub(super) struct UpgradeQuery {
+    pub(super) api_key: Option<String>,
     provider: Option<String>,
     route: Option<String>,
 }
 
-/// Checks what can be checked before the upgrade, then hands the socket to a
-/// [`SessionActor`].
-async fn upgrade(
-    req: HttpRequest,
-    stream: web::Payload,
-    state: web::Data<Arc<AppState>>,
-    endpoint: CallerEndpoint,
-) -> Result<HttpResponse, actix_web::Error> {
+/// What a caller endpoint learned from the request before its session starts.
+pub(super) struct PreChecked {
+    /// The provider or route the query string names.
+    pub(super) target: RouteTarget,
+    /// The key presented with the request (header or query), checked; its new-session token
+    /// is taken.
+    pub(super) key: Option<ApiKey>,
+}
+
+/// The checks every caller endpoint makes before a session starts: not draining, a query
+/// naming at most one of provider and route, a good key if one is presented, and a token
+/// of the key's new-session bucket.
+///
+/// # Errors
+/// The response to send instead: `503`, `400`, `401` or `429` (with `Retry-After`).
+pub(super) async fn pre_session_checks(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<PreChecked, HttpResponse> {
     if state.draining.load(Ordering::SeqCst) {
-        return Ok(problem(
+        return Err(problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "the server is shutting down",
@@ -183,19 +201,15 @@ async fn upgrade(
     let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or_default();
-    let Ok(query_target) =
-        RouteTarget::from_parts(query.provider.as_deref(), query.route.as_deref())
+    let Ok(target) = RouteTarget::from_parts(query.provider.as_deref(), query.route.as_deref())
     else {
-        return Ok(problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "provider_and_route",
             "name a provider or a route, not both",
         ));
     };
-    let key: Option<ApiKey> = match caller_key(&req, query.api_key, &state.store).await {
-        Ok(key) => key,
-        Err(response) => return Ok(response),
-    };
+    let key = caller_key(req, query.api_key, &state.store).await?;
     if let Some(key) = &key
         && let Err(limited) = state
             .rate_limiter
@@ -212,10 +226,28 @@ async fn upgrade(
                 .headers_mut()
                 .insert(actix_web::http::header::RETRY_AFTER, value);
         }
-        return Ok(response);
+        return Err(response);
     }
+    Ok(PreChecked { target, key })
+}
+
+/// Checks what can be checked before the upgrade, then hands the socket to a
+/// [`SessionActor`].
+async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<Arc<AppState>>,
+    endpoint: CallerEndpoint,
+) -> Result<HttpResponse, actix_web::Error> {
+    let PreChecked {
+        target: query_target,
+        key,
+    } = match pre_session_checks(&req, &state).await {
+        Ok(checked) => checked,
+        Err(response) => return Ok(response),
+    };
     let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
-    let actor = SessionActor::new(session::SessionParams {
+    let actor = SessionActor::new(driver::SessionParams {
         state: Arc::clone(&state),
         protocol: endpoint.protocol,
         endpoint: endpoint.path,

@@ -9,6 +9,7 @@
 
 mod admin;
 mod bad_input;
+mod browser;
 mod cli;
 mod compose;
 mod data_promises;
@@ -22,3 +23,4 @@ mod sessions;
 mod store;
 mod tls;
 mod usage;
+mod webrtc;

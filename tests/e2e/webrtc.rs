@@ -1,0 +1,503 @@
+//! `POST /v1/webrtc` driven by a real WebRTC peer in the test process (the `webrtc` crate,
+//! the same stack as the server but a separate peer over real UDP, DTLS and SRTP): speech
+//! goes in as Opus and comes back through the `echo` route; with packets dropped before
+//! they leave, the provider still gets a gap-free 20 ms stream (FEC/PLC), and the router
+//! counts what it concealed. Also every bad input of the endpoint.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+use voxroute_codecs::Channels;
+use voxroute_codecs::measure::{best_lag, rms};
+use voxroute_codecs::opus::{OpusDecoder, OpusEncoder, OpusEncoderConfig};
+use webrtc::data_channel::DataChannelEvent;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, register_default_interceptors,
+};
+
+use crate::harness::{Router, RouterOptions, Setup, TestDb, within};
+
+const OPUS_PT: u8 = 111;
+const FRAME_SAMPLES_48K: usize = 960;
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The speech fixture at 48 kHz, mono.
+fn speech_48k() -> Vec<i16> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("codecs/tests/fixtures/speech/speech-48k.wav");
+    let mut reader = hound::WavReader::open(&path).expect("the speech fixture opens");
+    assert_eq!(reader.spec().sample_rate, 48_000);
+    let samples: Vec<i16> = reader
+        .samples::<i16>()
+        .map(|s| s.expect("a sample"))
+        .collect();
+    samples[..samples.len() / FRAME_SAMPLES_48K * FRAME_SAMPLES_48K].to_vec()
+}
+
+/// An HTTP/1.1 request to the router: (status, headers, body).
+async fn http(
+    router: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let addr = router
+        .ws_url("")
+        .strip_prefix("ws://")
+        .expect("a ws:// URL")
+        .to_owned();
+    within(WAIT, "an HTTP answer from the router", async {
+        let mut stream = TcpStream::connect(&addr).await.expect("connecting");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).await.expect("sending");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("reading");
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (status, head.to_owned(), body.to_owned())
+    })
+    .await
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+#[derive(Clone)]
+struct ClientHandler {
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+    gathered: Arc<Notify>,
+    connected: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for ClientHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.connected.notify_one();
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.send(track);
+    }
+}
+
+/// What one call saw.
+struct Call {
+    session_id: Uuid,
+    /// What came back, decoded, at 48 kHz.
+    received: Vec<i16>,
+    /// Texts on the `events` data channel.
+    events: Vec<Value>,
+    /// Packets encoded (sent or dropped).
+    frames: usize,
+    /// Packets dropped before sending.
+    dropped: usize,
+}
+
+/// One call through `POST /v1/webrtc?provider=echo`: the speech fixture at real time, packet
+/// `i` dropped when `drop(i)`, then a second of listening, then `DELETE`.
+async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
+    let mut media_engine = MediaEngine::default();
+    let codec = RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    };
+    media_engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: codec.clone(),
+                payload_type: OPUS_PT,
+            },
+            RtpCodecKind::Audio,
+        )
+        .expect("Opus registers");
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media_engine).expect("interceptors");
+    let (tracks_tx, mut tracks) = mpsc::unbounded_channel();
+    let gathered = Arc::new(Notify::new());
+    let connected = Arc::new(Notify::new());
+    let handler = Arc::new(ClientHandler {
+        tracks: tracks_tx,
+        gathered: Arc::clone(&gathered),
+        connected: Arc::clone(&connected),
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec!["0.0.0.0:0"])
+        .build()
+        .await
+        .expect("a peer connection");
+    let ssrc = rand::random::<u32>();
+    let track = Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "caller".to_owned(),
+                "caller-audio".to_owned(),
+                "caller".to_owned(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            ),
+        )
+        .expect("a track"),
+    );
+    pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+        .await
+        .expect("the track is added");
+    let channel = pc
+        .create_data_channel("events", None)
+        .await
+        .expect("the events channel");
+    let offer = pc.create_offer(None).await.expect("an offer");
+    pc.set_local_description(offer).await.expect("set offer");
+    let _ = tokio::time::timeout(Duration::from_secs(3), gathered.notified()).await;
+    let offer_sdp = pc.local_description().await.expect("the offer").sdp;
+
+    let bearer = format!("Bearer {key}");
+    let (status, head, answer) = http(
+        &setup.router,
+        "POST",
+        "/v1/webrtc?provider=echo",
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &bearer),
+        ],
+        &offer_sdp,
+    )
+    .await;
+    assert_eq!(status, 201, "{head}\n{answer}");
+    let location = header(&head, "location").expect("a Location").to_owned();
+    let session_id: Uuid = location
+        .strip_prefix("/v1/webrtc/")
+        .and_then(|id| id.parse().ok())
+        .expect("Location names the session");
+    pc.set_remote_description(RTCSessionDescription::answer(answer).expect("an answer"))
+        .await
+        .expect("set answer");
+    within(WAIT, "the peer connection to connect", connected.notified()).await;
+
+    // What comes back: decoded as it arrives.
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let incoming = within(WAIT, "the router's audio track", tracks.recv())
+        .await
+        .expect("a track");
+    let sink = Arc::clone(&received);
+    let reader = tokio::spawn(async move {
+        let mut decoder = OpusDecoder::new(Channels::Mono).expect("a decoder");
+        let mut pcm = vec![0i16; 5_760];
+        while let Some(event) = incoming.poll().await {
+            if let TrackRemoteEvent::OnRtpPacket(packet) = event
+                && let Ok(samples) = decoder.decode(&packet.payload, &mut pcm)
+            {
+                sink.lock().unwrap().extend_from_slice(&pcm[..samples]);
+            }
+        }
+    });
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let event_sink = Arc::clone(&events);
+    let events_reader = tokio::spawn(async move {
+        while let Some(event) = channel.poll().await {
+            if let DataChannelEvent::OnMessage(message) = event
+                && let Ok(value) = serde_json::from_slice::<Value>(&message.data)
+            {
+                event_sink.lock().unwrap().push(value);
+            }
+        }
+    });
+
+    // The speech, at real time, as a browser would send it (FEC on).
+    let speech = speech_48k();
+    let mut encoder = OpusEncoder::new(OpusEncoderConfig::default()).expect("an encoder");
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let (mut dropped, mut pending_drops) = (0, 0u16);
+    let frames = speech.len() / FRAME_SAMPLES_48K;
+    for (i, frame) in speech.chunks_exact(FRAME_SAMPLES_48K).enumerate() {
+        ticker.tick().await;
+        let packet = encoder.encode(frame).expect("encoded").to_vec();
+        if drop(i) {
+            dropped += 1;
+            pending_drops += 1;
+            continue;
+        }
+        let sample = Sample {
+            data: packet.into(),
+            duration: Duration::from_millis(20),
+            prev_dropped_packets: pending_drops,
+            ..Sample::new(Instant::now())
+        };
+        pending_drops = 0;
+        track
+            .sample_writer(ssrc, OPUS_PT)
+            .write_sample(&sample)
+            .await
+            .expect("a packet written");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, head, _) = http(
+        &setup.router,
+        "DELETE",
+        &location,
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = pc.close().await;
+    reader.abort();
+    events_reader.abort();
+    let received = received.lock().unwrap().clone();
+    let events = events.lock().unwrap().clone();
+    Call {
+        session_id,
+        received,
+        events,
+        frames,
+        dropped,
+    }
+}
+
+/// Averages blocks of six samples: 48 kHz to 8 kHz, enough to line speech up.
+fn to_8k(signal: &[i16]) -> Vec<i16> {
+    signal
+        .chunks_exact(6)
+        .map(|block| (block.iter().map(|&s| i32::from(s)).sum::<i32>() / 6) as i16)
+        .collect()
+}
+
+/// The index of the first 20 ms block louder than -40 dBFS.
+fn onset(signal: &[i16], block: usize) -> usize {
+    signal
+        .chunks(block)
+        .position(|chunk| rms(chunk) > 327.0)
+        .map_or(0, |i| i * block)
+}
+
+fn router_options() -> RouterOptions {
+    RouterOptions {
+        rust_log: Some("info,voxroute=debug"),
+        ..RouterOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn speech_over_webrtc_comes_back_through_echo() {
+    let setup = Setup::new(TestDb::sqlite(), router_options()).await;
+    let (_, key) = setup.key("webrtc", None).await;
+    let call = call(&setup, &key, |_| false).await;
+
+    // The events channel carried the native events.
+    let types: Vec<&str> = call
+        .events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(types.first(), Some(&"session.started"), "{:?}", call.events);
+    assert_eq!(
+        call.events[0]["session_id"].as_str(),
+        Some(call.session_id.to_string().as_str())
+    );
+
+    // The echo is the speech: aligned on its onset, it correlates.
+    let sent = to_8k(&speech_48k());
+    let got = to_8k(&call.received);
+    let (sent_at, got_at) = (onset(&sent, 160), onset(&got, 160));
+    assert!(got.len() > got_at + sent.len() / 2, "too little came back");
+    let reference = &sent[sent_at..];
+    let window = &got[got_at.saturating_sub(400)..];
+    let (lag, correlation) = best_lag(reference, window, 8_000);
+    eprintln!("echo: onset {got_at} samples at 8 kHz, lag {lag}, correlation {correlation:.3}");
+    assert!(
+        correlation > 0.6,
+        "correlation {correlation:.3} at lag {lag}"
+    );
+
+    let row = setup.ended(call.session_id).await;
+    assert_eq!(row.transport, "webrtc");
+    assert_eq!(row.close_reason.as_deref(), Some("CLIENT_HANGUP"));
+    let sent_ms = i64::try_from(call.frames * 20).unwrap();
+    assert!(
+        (sent_ms - 200..=sent_ms).contains(&row.audio_in_ms),
+        "audio_in_ms {} for {sent_ms} ms sent",
+        row.audio_in_ms
+    );
+}
+
+#[tokio::test]
+async fn lost_packets_are_concealed_and_the_provider_stream_has_no_gap() {
+    let setup = Setup::new(TestDb::sqlite(), router_options()).await;
+    let (_, key) = setup.key("webrtc-loss", None).await;
+    // 5% loss: every twentieth packet, never the last.
+    let call = call(&setup, &key, |i| i % 20 == 7).await;
+    assert!(call.dropped >= 8, "{} dropped", call.dropped);
+
+    let row = setup.ended(call.session_id).await;
+    let sent_ms = i64::try_from(call.frames * 20).unwrap();
+    // Every 20 ms slot reached the provider, the lost ones rebuilt: no gap.
+    assert!(
+        (sent_ms - 200..=sent_ms).contains(&row.audio_in_ms),
+        "audio_in_ms {} for {sent_ms} ms encoded ({} dropped)",
+        row.audio_in_ms,
+        call.dropped
+    );
+    let (_, metrics) = setup.router.http_get("/metrics").await;
+    let concealed: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("voxroute_frames_concealed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the concealment counter");
+    assert_eq!(concealed, u64::try_from(call.dropped).unwrap(), "{metrics}");
+}
+
+#[tokio::test]
+async fn bad_offers_and_sessions_get_clear_errors() {
+    let setup = Setup::new(TestDb::sqlite(), RouterOptions::default()).await;
+    let (_, key) = setup.key("webrtc-bad", None).await;
+    let bearer = format!("Bearer {key}");
+    let sdp = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", bearer.as_str()),
+    ];
+    let post = |body: &'static str, headers: Vec<(&'static str, String)>| {
+        let router = &setup.router;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(router, "POST", "/v1/webrtc", &headers, body).await
+        }
+    };
+    let owned = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    };
+
+    // Not SDP: 400 problem+json.
+    let (status, head, body) = post("hello, router", owned(&sdp)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("application/problem+json")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "malformed_sdp"
+    );
+    // SDP without audio, and audio without Opus: 422.
+    let video = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let (status, _, body) = post(video, owned(&sdp)).await;
+    assert_eq!(status, 422, "{body}");
+    let pcmu = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
+    let (status, _, body) = post(pcmu, owned(&sdp)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "no_opus_audio"
+    );
+    // SDP that names Opus but is garbage for the WebRTC stack: 400.
+    let broken = "v=0\r\nm=audio x y 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    let (status, _, body) = post(broken, owned(&sdp)).await;
+    assert_eq!(status, 400, "{body}");
+    // A wrong key: 401; no key (not --dev): 401; the wrong content type: 415.
+    let (status, _, _) = post(
+        pcmu,
+        owned(&[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", "Bearer vxr_nope"),
+        ]),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post(pcmu, owned(&[("Content-Type", "application/sdp")])).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = post(
+        pcmu,
+        owned(&[
+            ("Content-Type", "text/plain"),
+            ("Authorization", bearer.as_str()),
+        ]),
+    )
+    .await;
+    assert_eq!(status, 415);
+    // DELETE of a session that does not exist, or is not an id: 404.
+    let unknown = format!("/v1/webrtc/{}", Uuid::now_v7());
+    let (status, _, _) = http(
+        &setup.router,
+        "DELETE",
+        &unknown,
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http(
+        &setup.router,
+        "DELETE",
+        "/v1/webrtc/not-an-id",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The CORS preflight.
+    let (status, head, _) = http(&setup.router, "OPTIONS", "/v1/webrtc", &[], "").await;
+    assert_eq!(status, 204);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-methods: post, delete, options"),
+        "{head}"
+    );
+    // The router is still well.
+    let (status, _) = setup.router.http_get("/healthz").await;
+    assert_eq!(status, 200);
+}
