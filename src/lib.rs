@@ -27,6 +27,8 @@
 //!   across replicas), the cross-replica admin kill (`LISTEN`/`NOTIFY`).
 //! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.
 //! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
+//! - [`telemetry`]: OpenTelemetry export of the session spans (cargo feature `otel`; without
+//!   it, a no-op that warns when a collector is named).
 //! - [`tls`]: the rustls configuration of `--tls-cert`/`--tls-key`.
 //! - [`spool`]: the file that keeps session records the store could not take by shutdown.
 //! - [`usage`]: metering for callers: the price table and `GET /v1/usage` (a key's own usage
@@ -48,5 +50,6 @@ pub mod routing;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod usage;

@@ -61,26 +61,50 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// A configuration, store or listener that cannot be set up, with the reason.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    actix_web::rt::System::new().block_on(serve(args))
+    let telemetry = init_logging(args.log_format)?;
+    let served = actix_web::rt::System::new().block_on(serve(args));
+    // After the actor system has stopped: every session span has closed, and the exporter's
+    // blocking shutdown runs outside any async runtime.
+    telemetry.shutdown();
+    served
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines. Sessions log
 /// inside a span carrying the session id, transport and provider, and at `info` when they end,
 /// with counters only: never audio, transcripts, keys, payloads or full IP addresses.
-fn init_logging(format: crate::cli::LogFormat) {
+///
+/// With the `otel` feature and a collector named in the environment, the session spans are also
+/// exported ([`crate::telemetry`]); the returned [`Telemetry`](crate::telemetry::Telemetry) is
+/// shut down once serving has ended.
+fn init_logging(format: crate::cli::LogFormat) -> anyhow::Result<crate::telemetry::Telemetry> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let telemetry = crate::telemetry::Telemetry::from_env()
+        .context("invalid OpenTelemetry configuration (OTEL_* environment variables)")?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests running serve twice in one process) is harmless.
-    let _ = match format {
-        crate::cli::LogFormat::Text => builder
+    let fmt_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // RUST_LOG filters the log lines only; the exported spans have their own filter.
+    let fmt_layer = match format {
+        crate::cli::LogFormat::Text => fmt_layer
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        crate::cli::LogFormat::Json => builder.json().with_current_span(true).try_init(),
+            .with_filter(filter)
+            .boxed(),
+        crate::cli::LogFormat::Json => fmt_layer
+            .json()
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed(),
     };
+    let subscriber = tracing_subscriber::registry().with(fmt_layer);
+    let otel_layer = telemetry.layer();
+    // A second initialisation (tests running serve twice in one process) is harmless.
+    if subscriber.with(otel_layer).try_init().is_ok() {
+        telemetry.log_status();
+    }
+    Ok(telemetry)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -140,8 +140,10 @@ impl SessionDriver {
             attempt: 0,
             connection: None,
             admitted_provider: None,
+            // Exported as it is with the `otel` feature (crate::telemetry finds it by this name
+            // and this module's path): only ids and names on it, never audio, text, keys or IPs.
             span: tracing::info_span!(
-                "session",
+                crate::telemetry::SESSION_SPAN,
                 session_id = tracing::field::Empty,
                 transport,
                 provider = tracing::field::Empty,

@@ -289,6 +289,10 @@ impl Router {
             .env_remove("VOXROUTE_ADMIN_TOKEN")
             .env_remove("VOXROUTE_SPOOL_FILE")
             .env_remove("VOXROUTE_LOG_FORMAT")
+            // No collector of the host's: a test that wants one names it in `env`.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
             .env("RUST_LOG", options.rust_log.unwrap_or("info"))
             .current_dir(options.workdir.as_deref().unwrap_or(config_dir.path()))
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@
 //!
 //! - [`compose`]: the local stack (`docker-compose.yml` + `Dockerfile`) is wired as the README
 //!   says, checked statically because CI has no Docker engine.
+//! - [`otel`] (only with `--features otel`): the session spans reach an OTLP/HTTP collector.
 
 mod admin;
 mod bad_input;
@@ -17,6 +18,8 @@ mod failover;
 mod harness;
 mod loadtest;
 mod operations;
+#[cfg(feature = "otel")]
+mod otel;
 mod providers;
 mod replicas;
 mod sessions;

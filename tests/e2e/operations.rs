@@ -194,3 +194,26 @@ async fn sigterm_drains_live_calls_within_the_grace() {
         "{rows:#?}"
     );
 }
+
+/// Proves that a binary built without the `otel` feature says so, once, when a collector is
+/// named (`OTEL_EXPORTER_OTLP_ENDPOINT`), and serves as usual.
+#[cfg(not(feature = "otel"))]
+#[tokio::test]
+async fn otel_endpoint_without_the_feature_warns_once() {
+    let options = RouterOptions {
+        env: vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://127.0.0.1:4318".into(),
+        )],
+        ..RouterOptions::default()
+    };
+    let setup = Setup::new(TestDb::sqlite(), options).await;
+    let (status, _) = setup.router.http_get("/healthz").await;
+    assert_eq!(status, 200);
+    let stderr = setup.router.stderr_text();
+    let warnings = stderr
+        .lines()
+        .filter(|line| line.contains("built without the `otel` feature"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
+}
