@@ -133,9 +133,18 @@ struct Call {
     dropped: usize,
 }
 
-/// One call through `POST /v1/webrtc?provider=echo`: the speech fixture at real time, packet
-/// `i` dropped when `drop(i)`, then a second of listening, then `DELETE`.
-async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
+/// A caller's peer connection with its offer made (audio sendrecv, the `events` channel).
+struct Caller {
+    pc: Box<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    channel: Arc<dyn webrtc::data_channel::DataChannel>,
+    tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+    connected: Arc<Notify>,
+    offer_sdp: String,
+}
+
+async fn caller() -> Caller {
     let mut media_engine = MediaEngine::default();
     let codec = RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -155,7 +164,7 @@ async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
         .expect("Opus registers");
     let registry =
         register_default_interceptors(Registry::new(), &mut media_engine).expect("interceptors");
-    let (tracks_tx, mut tracks) = mpsc::unbounded_channel();
+    let (tracks_tx, tracks) = mpsc::unbounded_channel();
     let gathered = Arc::new(Notify::new());
     let connected = Arc::new(Notify::new());
     let handler = Arc::new(ClientHandler {
@@ -204,7 +213,29 @@ async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
     pc.set_local_description(offer).await.expect("set offer");
     let _ = tokio::time::timeout(Duration::from_secs(3), gathered.notified()).await;
     let offer_sdp = pc.local_description().await.expect("the offer").sdp;
+    Caller {
+        pc: Box::new(pc),
+        track,
+        ssrc,
+        channel,
+        tracks,
+        connected,
+        offer_sdp,
+    }
+}
 
+/// One call through `POST /v1/webrtc?provider=echo`: the speech fixture at real time, packet
+/// `i` dropped when `drop(i)`, then a second of listening, then `DELETE`.
+async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
+    let Caller {
+        pc,
+        track,
+        ssrc,
+        channel,
+        mut tracks,
+        connected,
+        offer_sdp,
+    } = caller().await;
     let bearer = format!("Bearer {key}");
     let (status, head, answer) = http(
         &setup.router,
@@ -500,4 +531,42 @@ async fn bad_offers_and_sessions_get_clear_errors() {
     // The router is still well.
     let (status, _) = setup.router.http_get("/healthz").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_caller_that_never_connects_is_ended_with_client_error() {
+    let options = RouterOptions {
+        config: Some("[webrtc]\nconnect_timeout_secs = 1\n".to_owned()),
+        ..RouterOptions::default()
+    };
+    let setup = Setup::new(TestDb::sqlite(), options).await;
+    let (_, key) = setup.key("webrtc-silent", None).await;
+    let caller = caller().await;
+    let bearer = format!("Bearer {key}");
+    let (status, head, _) = http(
+        &setup.router,
+        "POST",
+        "/v1/webrtc?provider=echo",
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &bearer),
+        ],
+        &caller.offer_sdp,
+    )
+    .await;
+    assert_eq!(status, 201, "{head}");
+    // The answer is never applied: no ICE, no DTLS, nothing connects.
+    let _ = caller.pc.close().await;
+    let session_id: Uuid = header(&head, "location")
+        .and_then(|l| l.strip_prefix("/v1/webrtc/"))
+        .and_then(|id| id.parse().ok())
+        .expect("Location names the session");
+    let row = setup.ended(session_id).await;
+    assert_eq!(
+        row.close_reason.as_deref(),
+        Some("CLIENT_ERROR"),
+        "{row:#?}"
+    );
+    assert!(row.duration_ms.is_some_and(|ms| ms < 5_000), "{row:#?}");
+    assert_eq!(row.audio_in_ms, 0);
 }
