@@ -252,7 +252,7 @@ impl SessionDriver {
     pub(super) fn check(&self, request: AuthorizeRequest) -> impl Future<Output = Checked> + use<> {
         let state = Arc::clone(&self.params.state);
         let pre_checked = self.params.key.clone();
-        let keyless_ok = state.dev && self.params.peer_ip.is_some_and(|ip| ip.is_loopback());
+        let keyless_ok = state.keyless_allowed(self.params.peer_ip);
         let target = match request.target {
             RouteTarget::Default => self.params.query_target.clone(),
             named => named,

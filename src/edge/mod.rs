@@ -82,6 +82,13 @@ pub struct AppState {
     pub webrtc_sessions: webrtc::WebRtcSessions,
 }
 
+impl AppState {
+    /// Whether a caller at `peer_ip` may go without a key: only with `--dev`, on loopback.
+    pub fn keyless_allowed(&self, peer_ip: Option<IpAddr>) -> bool {
+        self.dev && peer_ip.is_some_and(|ip| ip.is_loopback())
+    }
+}
+
 /// A WebSocket endpoint callers stream audio to: its path fixes the protocol it speaks and
 /// the transport its records show.
 #[derive(Debug, Clone, Copy)]

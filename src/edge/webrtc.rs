@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -173,20 +173,22 @@ impl WebRtcSettings {
         Ok(())
     }
 
-    /// The socket addresses to try for one session's media, in order.
-    fn bind_candidates(&self) -> Vec<SocketAddr> {
-        static NEXT: AtomicU16 = AtomicU16::new(0);
-        match (self.udp_port_min, self.udp_port_max) {
-            (Some(min), Some(max)) => {
-                let span = max - min + 1;
-                // Start where the last session left off, so ports are reused last.
-                let start = NEXT.fetch_add(1, Ordering::Relaxed) % span;
-                (0..span)
-                    .map(|i| SocketAddr::new(self.bind_ip, min + (start + i) % span))
-                    .collect()
-            }
-            _ => vec![SocketAddr::new(self.bind_ip, 0)],
-        }
+    /// The socket addresses to try for one session's media, in order: the configured port
+    /// range starting where the last session left off (so ports are reused last), or one
+    /// ephemeral port.
+    fn bind_candidates(&self) -> impl Iterator<Item = SocketAddr> + use<> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let ip = self.bind_ip;
+        let (first, count) = match (self.udp_port_min, self.udp_port_max) {
+            (Some(min), Some(max)) => (u32::from(min), u32::from(max) - u32::from(min) + 1),
+            _ => (0, 1),
+        };
+        let start = NEXT.fetch_add(1, Ordering::Relaxed) % count;
+        (0..count).map(move |i| {
+            // In range: `first + (start + i) % count` is at most `max`, a u16.
+            let port = u16::try_from(first + (start + i) % count).unwrap_or(0);
+            SocketAddr::new(ip, port)
+        })
     }
 }
 
@@ -354,7 +356,7 @@ async fn answer_offer(
         Err(response) => return response,
     };
     let peer_ip = req.peer_addr().map(|addr| addr.ip());
-    if checked.key.is_none() && !(state.dev && peer_ip.is_some_and(|ip| ip.is_loopback())) {
+    if checked.key.is_none() && !state.keyless_allowed(peer_ip) {
         return problem(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
@@ -1176,13 +1178,19 @@ mod tests {
             ..WebRtcSettings::default()
         };
         assert_eq!(settings.validate(), Ok(()));
-        let ports: Vec<u16> = settings
-            .bind_candidates()
-            .iter()
-            .map(SocketAddr::port)
-            .collect();
+        let ports: Vec<u16> = settings.bind_candidates().map(|a| a.port()).collect();
         assert_eq!(ports.len(), 3);
         assert!(ports.iter().all(|p| (50_000..=50_002).contains(p)));
+        // The widest range: every port once, no arithmetic overflow.
+        let widest = WebRtcSettings {
+            udp_port_min: Some(1),
+            udp_port_max: Some(u16::MAX),
+            ..WebRtcSettings::default()
+        };
+        widest.bind_candidates().next();
+        let mut all: Vec<u16> = widest.bind_candidates().map(|a| a.port()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=u16::MAX).collect::<Vec<_>>());
         settings.udp_port_max = None;
         assert!(settings.validate().is_err());
         let bad_ip = WebRtcSettings {

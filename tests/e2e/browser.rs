@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::harness::{Router, RouterOptions, Setup, TempDir, TestDb};
+use crate::harness::{RouterOptions, Setup, TempDir, TestDb};
 
 /// What the demo page prints before its JSON report.
 const MARKER: &str = "VOXROUTE_DEMO_REPORT ";
@@ -55,13 +55,6 @@ pub(crate) fn chromium() -> Option<PathBuf> {
             .map(|dir| dir.join("chromium"))
             .find(|candidate| candidate.is_file())
     })
-}
-
-/// `http://ADDR{path}` of `router`.
-pub(crate) fn http_url(router: &Router, path: &str) -> String {
-    let ws = router.ws_url(path);
-    let rest = ws.strip_prefix("ws://").expect("a plain ws:// router URL");
-    format!("http://{rest}")
 }
 
 /// A running Chromium: its process group is killed (SIGKILL) and reaped on drop, then its
@@ -210,7 +203,7 @@ async fn demo_page_talks_through_echo_in_a_real_browser() {
     let (key_id, key) = setup.key("browser", None).await;
     let url = format!(
         "{}?autostart=1&seconds=6&route=echo&api_key={key}",
-        http_url(&setup.router, "/demo")
+        setup.router.http_url("/demo")
     );
 
     let report = run_demo_page(&url, Duration::from_secs(60)).await;

@@ -361,6 +361,11 @@ impl Router {
         format!("ws://{}{path}", self.addr)
     }
 
+    /// `http://host:port{path}` of the router (plain HTTP).
+    pub(crate) fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -430,6 +435,18 @@ impl Router {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
+        let (status, _, body) = self.http_with_head(method, path, headers, body).await;
+        (status, body)
+    }
+
+    /// As [`http`](Self::http), also returning the response head (status line and headers).
+    pub(crate) async fn http_with_head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String, String) {
         within(WAIT, "an HTTP answer from the router", async {
             let mut stream = TcpStream::connect(self.addr).await.expect("connecting");
             let mut request = format!(
@@ -453,11 +470,8 @@ impl Router {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .expect("an HTTP status line");
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (status, body)
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            (status, head.to_owned(), body.to_owned())
         })
         .await
     }
@@ -1094,15 +1108,29 @@ impl NativeCaller {
 
 /// The first `seconds` of the 8 kHz speech fixture, cut to whole 20 ms frames.
 pub(crate) fn speech_8k(seconds: f64) -> Vec<i16> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("codecs/tests/fixtures/speech/speech-8k.wav");
+    speech_fixture(8_000, seconds)
+}
+
+/// The whole 48 kHz speech fixture (the WebRTC tests' microphone), cut to whole 20 ms frames.
+pub(crate) fn speech_48k() -> Vec<i16> {
+    speech_fixture(48_000, f64::INFINITY)
+}
+
+/// The first `seconds` of the speech fixture at `rate_hz` (8 or 48 kHz), cut to whole
+/// 20 ms frames.
+fn speech_fixture(rate_hz: u32, seconds: f64) -> Vec<i16> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "codecs/tests/fixtures/speech/speech-{}k.wav",
+        rate_hz / 1_000
+    ));
     let mut reader = hound::WavReader::open(&path).expect("the speech fixture opens");
-    assert_eq!(reader.spec().sample_rate, 8_000);
+    assert_eq!(reader.spec().sample_rate, rate_hz);
     let samples: Vec<i16> = reader
         .samples::<i16>()
         .map(|s| s.expect("a valid sample"))
         .collect();
-    let want = ((seconds * 8_000.0) as usize).min(samples.len()) / 160 * 160;
+    let frame = rate_hz as usize / 50;
+    let want = (seconds * f64::from(rate_hz)).min(samples.len() as f64) as usize / frame * frame;
     samples[..want].to_vec()
 }
 

@@ -15,8 +15,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 use voxroute_codecs::Channels;
@@ -32,60 +30,11 @@ use webrtc::peer_connection::{
     Registry, register_default_interceptors,
 };
 
-use crate::harness::{Router, RouterOptions, Setup, TestDb, within};
+use crate::harness::{RouterOptions, Setup, TestDb, speech_48k, within};
 
 const OPUS_PT: u8 = 111;
 const FRAME_SAMPLES_48K: usize = 960;
 const WAIT: Duration = Duration::from_secs(15);
-
-/// The speech fixture at 48 kHz, mono.
-fn speech_48k() -> Vec<i16> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("codecs/tests/fixtures/speech/speech-48k.wav");
-    let mut reader = hound::WavReader::open(&path).expect("the speech fixture opens");
-    assert_eq!(reader.spec().sample_rate, 48_000);
-    let samples: Vec<i16> = reader
-        .samples::<i16>()
-        .map(|s| s.expect("a sample"))
-        .collect();
-    samples[..samples.len() / FRAME_SAMPLES_48K * FRAME_SAMPLES_48K].to_vec()
-}
-
-/// An HTTP/1.1 request to the router: (status, headers, body).
-async fn http(
-    router: &Router,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let addr = router
-        .ws_url("")
-        .strip_prefix("ws://")
-        .expect("a ws:// URL")
-        .to_owned();
-    within(WAIT, "an HTTP answer from the router", async {
-        let mut stream = TcpStream::connect(&addr).await.expect("connecting");
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        stream.write_all(request.as_bytes()).await.expect("sending");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("reading");
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        (status, head.to_owned(), body.to_owned())
-    })
-    .await
-}
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|line| {
@@ -237,17 +186,18 @@ async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
         offer_sdp,
     } = caller().await;
     let bearer = format!("Bearer {key}");
-    let (status, head, answer) = http(
-        &setup.router,
-        "POST",
-        "/v1/webrtc?provider=echo",
-        &[
-            ("Content-Type", "application/sdp"),
-            ("Authorization", &bearer),
-        ],
-        &offer_sdp,
-    )
-    .await;
+    let (status, head, answer) = setup
+        .router
+        .http_with_head(
+            "POST",
+            "/v1/webrtc?provider=echo",
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
+            &offer_sdp,
+        )
+        .await;
     assert_eq!(status, 201, "{head}\n{answer}");
     let location = header(&head, "location").expect("a Location").to_owned();
     let session_id: Uuid = location
@@ -316,14 +266,10 @@ async fn call(setup: &Setup, key: &str, drop: impl Fn(usize) -> bool) -> Call {
             .expect("a packet written");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (status, head, _) = http(
-        &setup.router,
-        "DELETE",
-        &location,
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, head, _) = setup
+        .router
+        .http_with_head("DELETE", &location, &[("Authorization", &bearer)], "")
+        .await;
     assert_eq!(status, 200, "{head}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = pc.close().await;
@@ -446,7 +392,9 @@ async fn bad_offers_and_sessions_get_clear_errors() {
         async move {
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            http(router, "POST", "/v1/webrtc", &headers, body).await
+            router
+                .http_with_head("POST", "/v1/webrtc", &headers, body)
+                .await
         }
     };
     let owned = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
@@ -502,26 +450,26 @@ async fn bad_offers_and_sessions_get_clear_errors() {
     assert_eq!(status, 415);
     // DELETE of a session that does not exist, or is not an id: 404.
     let unknown = format!("/v1/webrtc/{}", Uuid::now_v7());
-    let (status, _, _) = http(
-        &setup.router,
-        "DELETE",
-        &unknown,
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, _, _) = setup
+        .router
+        .http_with_head("DELETE", &unknown, &[("Authorization", &bearer)], "")
+        .await;
     assert_eq!(status, 404);
-    let (status, _, _) = http(
-        &setup.router,
-        "DELETE",
-        "/v1/webrtc/not-an-id",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, _, _) = setup
+        .router
+        .http_with_head(
+            "DELETE",
+            "/v1/webrtc/not-an-id",
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .await;
     assert_eq!(status, 404);
     // The CORS preflight.
-    let (status, head, _) = http(&setup.router, "OPTIONS", "/v1/webrtc", &[], "").await;
+    let (status, head, _) = setup
+        .router
+        .http_with_head("OPTIONS", "/v1/webrtc", &[], "")
+        .await;
     assert_eq!(status, 204);
     assert!(
         head.to_ascii_lowercase()
@@ -543,17 +491,18 @@ async fn a_caller_that_never_connects_is_ended_with_client_error() {
     let (_, key) = setup.key("webrtc-silent", None).await;
     let caller = caller().await;
     let bearer = format!("Bearer {key}");
-    let (status, head, _) = http(
-        &setup.router,
-        "POST",
-        "/v1/webrtc?provider=echo",
-        &[
-            ("Content-Type", "application/sdp"),
-            ("Authorization", &bearer),
-        ],
-        &caller.offer_sdp,
-    )
-    .await;
+    let (status, head, _) = setup
+        .router
+        .http_with_head(
+            "POST",
+            "/v1/webrtc?provider=echo",
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
+            &caller.offer_sdp,
+        )
+        .await;
     assert_eq!(status, 201, "{head}");
     // The answer is never applied: no ICE, no DTLS, nothing connects.
     let _ = caller.pc.close().await;
