@@ -179,18 +179,26 @@ impl SessionDriver {
     }
 
     /// The next thing the actor must do. Provider commands are carried out here.
+    ///
+    /// Only the rare outputs that log (a provider starting, the end) enter the session span
+    /// here: the per-frame ones (audio to the provider or the caller, the timer) do not, so a
+    /// frame costs one span entry, in [`input`](Self::input).
     pub(super) fn next_effect(&mut self) -> Effect {
-        let span = self.span.clone();
-        let _in_session = span.enter();
         loop {
             match self.core.poll_output() {
                 Output::ToClientText(text) => return Effect::Text(text),
                 Output::ToClientBinary(bytes) => return Effect::Binary(bytes),
                 Output::FlushClientAudio => return Effect::FlushAudio,
                 Output::Authorize(request) => return Effect::Authorize(request),
-                Output::StartProvider(spec) => self.start_provider(spec),
+                Output::StartProvider(spec) => {
+                    let span = self.span.clone();
+                    let _in_session = span.enter();
+                    self.start_provider(spec);
+                }
                 Output::ToProvider(command) => self.send_to_provider(command),
                 Output::Close(outcome) => {
+                    let span = self.span.clone();
+                    let _in_session = span.enter();
                     let reason = outcome.reason;
                     self.record(outcome);
                     return Effect::Close(reason);
