@@ -407,8 +407,7 @@ async fn answer_offer(
         }
     };
     // An unknown route is refused before any media port opens.
-    let target = checked.target.clone();
-    if state.router.resolve(&target).is_err() {
+    if state.router.resolve(&checked.target).is_err() {
         return problem(
             StatusCode::NOT_FOUND,
             "unknown_route",
