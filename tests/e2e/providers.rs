@@ -22,7 +22,7 @@ use crate::harness::{
 
 /// A router whose hosted providers all point at the stand-in at `addr`, with keys set; plus
 /// `config` (TOML).
-async fn router_for(addr: SocketAddr, config: Option<&str>) -> Setup {
+pub(crate) async fn router_for(addr: SocketAddr, config: Option<&str>) -> Setup {
     let base = format!("ws://{addr}");
     let mut env = Vec::new();
     for kind in voxroute::hosted::Hosted::ALL {
@@ -41,14 +41,18 @@ async fn router_for(addr: SocketAddr, config: Option<&str>) -> Setup {
 }
 
 /// ElevenLabs needs a table: its agent id.
-const ELEVENLABS_TABLE: &str =
+pub(crate) const ELEVENLABS_TABLE: &str =
     "[providers.elevenlabs]\nkind = \"elevenlabs\"\nagent_id = \"agent_test\"\n";
+
+/// No reply audio for this long means the reply is complete (the stand-ins answer within
+/// tens of milliseconds of each frame).
+const REPLY_DONE: Duration = Duration::from_millis(500);
 
 /// The share of `sent`'s voiced 20 ms windows (8 kHz) found in `back` with a correlation above
 /// 0.8 at a delay of at most 200 ms. Window by window, because a barge-in (`clear`) rightly
 /// drops the reply audio queued at that moment, shifting everything after it: one
 /// correlation over the whole call would fail on a correct flush.
-fn matching_windows(sent: &[i16], back: &[i16]) -> f64 {
+pub(crate) fn matching_windows(sent: &[i16], back: &[i16]) -> f64 {
     const WINDOW: usize = 160;
     const MAX_DELAY: usize = 1_600;
     let (mut voiced, mut matched) = (0usize, 0usize);
@@ -115,6 +119,8 @@ async fn speech_to_speech_providers_answer_through_their_protocols() {
             .conn
             .wait_audio(speech.len() * 2 * 9 / 10, WAIT)
             .await;
+        // The whole reply, not its first 90%: the windows are matched against all of it.
+        caller.conn.wait_quiet(REPLY_DONE, WAIT).await;
         let back = pcm16_samples(&caller.conn.audio());
         let clears = caller
             .conn
@@ -285,6 +291,7 @@ async fn gemini_go_away_resumes_on_a_new_connection() {
         .conn
         .wait_audio(speech.len() * 2 * 9 / 10, WAIT)
         .await;
+    caller.conn.wait_quiet(REPLY_DONE, WAIT).await;
     let back = pcm16_samples(&caller.conn.audio());
     let matching = matching_windows(&speech, &back);
     let seen = stats.provider(Provider::Gemini);

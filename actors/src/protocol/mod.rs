@@ -33,6 +33,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use base64::DecodeSliceError;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use voxroute_codecs::{Codec, CodecError};
 
@@ -212,6 +215,49 @@ pub fn codec_from_name(name: &str) -> Option<Codec> {
         .find(|c| codec_name(*c) == name)
 }
 
+/// Standard alphabet, padded on output; on input, padding is optional (some carriers and SDKs
+/// omit it).
+pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes the base64 audio payload `b64` into `buf[..max]` and returns the decoded length.
+/// An empty payload, or one that would decode to more than `max` bytes, is refused with
+/// [`ProtocolError::PayloadSize`] before anything is decoded; invalid base64 with
+/// [`ProtocolError::BadBase64`]. `buf` must be at least `max` long (a broken invariant
+/// panics).
+pub(crate) fn decode_base64_payload(
+    b64: &str,
+    buf: &mut [u8],
+    max: usize,
+) -> Result<usize, ProtocolError> {
+    let size = |len| ProtocolError::PayloadSize { len, max };
+    if b64.is_empty() {
+        return Err(size(0));
+    }
+    let len = decoded_len(b64);
+    if len > max {
+        return Err(size(len));
+    }
+    match BASE64.decode_slice(b64, &mut buf[..max]) {
+        Ok(0) => Err(size(0)),
+        Ok(n) => Ok(n),
+        Err(DecodeSliceError::OutputSliceTooSmall) => Err(size(len)),
+        Err(_) => Err(ProtocolError::BadBase64),
+    }
+}
+
+/// The length `b64` decodes to if it is valid base64, padded or not.
+pub(crate) fn decoded_len(b64: &str) -> usize {
+    let unpadded = b64
+        .strip_suffix("==")
+        .or_else(|| b64.strip_suffix('='))
+        .unwrap_or(b64)
+        .len();
+    unpadded / 4 * 3 + (unpadded % 4).saturating_sub(1)
+}
+
 /// Refuses a text frame longer than [`MAX_TEXT_FRAME`] before anything parses it.
 fn check_text_len(text: &str) -> Result<(), ProtocolError> {
     if text.len() > MAX_TEXT_FRAME {
@@ -307,6 +353,38 @@ impl fmt::Write for JsonEscaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    /// The decoded-length estimate is exact for valid base64, padded or not.
+    #[test]
+    fn decoded_len_is_exact() {
+        for len in 0..50 {
+            let bytes = vec![0xa5; len];
+            let padded = BASE64.encode(&bytes);
+            assert_eq!(decoded_len(&padded), len);
+            assert_eq!(decoded_len(padded.trim_end_matches('=')), len);
+        }
+    }
+
+    /// Payloads are refused by size before decoding, and garbage as bad base64.
+    #[test]
+    fn base64_payloads_are_bounded_and_checked() {
+        let mut buf = [0u8; 8];
+        assert_eq!(decode_base64_payload("AAEC", &mut buf, 8), Ok(3));
+        assert_eq!(&buf[..3], &[0, 1, 2]);
+        assert_eq!(
+            decode_base64_payload("", &mut buf, 8),
+            Err(ProtocolError::PayloadSize { len: 0, max: 8 })
+        );
+        assert_eq!(
+            decode_base64_payload(&BASE64.encode([1u8; 9]), &mut buf, 8),
+            Err(ProtocolError::PayloadSize { len: 9, max: 8 })
+        );
+        assert_eq!(
+            decode_base64_payload("A*C=", &mut buf, 8),
+            Err(ProtocolError::BadBase64)
+        );
+    }
 
     /// Every error has a distinct snake_case code, and exactly the `start` errors are fatal.
     #[test]

@@ -48,16 +48,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::DecodeSliceError;
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
 use voxroute_codecs::AudioFormat;
 
 use super::{
-    PARAM_API_KEY, PARAM_PROVIDER, PARAM_ROUTE, ProtocolError, RouteTarget, Text, check_text_len,
-    push_json_str,
+    BASE64, PARAM_API_KEY, PARAM_PROVIDER, PARAM_ROUTE, ProtocolError, RouteTarget, Text,
+    check_text_len, decode_base64_payload, push_json_str,
 };
 
 /// Largest decoded `media` payload accepted from Twilio: 120 ms of 8 kHz mu-law. Twilio sends
@@ -66,12 +63,6 @@ pub const MAX_MEDIA_PAYLOAD: usize = 960;
 
 /// The `mediaFormat` Twilio must announce: the only format bidirectional streams carry.
 const ENCODING_MULAW: &str = "audio/x-mulaw";
-
-/// Standard alphabet, padded on output; on input, padding is optional (other encoders omit it).
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Initial capacity of the outbound buffer: a 120 ms `media` message with a 34-character
 /// `streamSid` fits without growing.
@@ -224,7 +215,7 @@ impl TwilioCodec {
                     .media
                     .and_then(|media| media.payload)
                     .ok_or(ProtocolError::MissingField("media.payload"))?;
-                let len = decode_payload(&payload.0, &mut self.media)?;
+                let len = decode_base64_payload(&payload.0, &mut self.media, MAX_MEDIA_PAYLOAD)?;
                 Ok(TwilioInbound::Media(&self.media[..len]))
             }
             "mark" => {
@@ -428,38 +419,6 @@ fn parse_start(text: &str) -> Result<TwilioStart, ProtocolError> {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
-}
-
-/// Decodes a base64 `media.payload` into `buf` (at least [`MAX_MEDIA_PAYLOAD`] long) and
-/// returns the decoded length. Oversized payloads are refused before decoding.
-fn decode_payload(b64: &str, buf: &mut [u8]) -> Result<usize, ProtocolError> {
-    let size = |len| ProtocolError::PayloadSize {
-        len,
-        max: MAX_MEDIA_PAYLOAD,
-    };
-    if b64.is_empty() {
-        return Err(size(0));
-    }
-    let len = decoded_len(b64);
-    if len > MAX_MEDIA_PAYLOAD {
-        return Err(size(len));
-    }
-    match BASE64.decode_slice(b64, &mut buf[..MAX_MEDIA_PAYLOAD]) {
-        Ok(0) => Err(size(0)),
-        Ok(n) => Ok(n),
-        Err(DecodeSliceError::OutputSliceTooSmall) => Err(size(len)),
-        Err(_) => Err(ProtocolError::BadBase64),
-    }
-}
-
-/// The length `b64` decodes to if it is valid base64, padded or not.
-fn decoded_len(b64: &str) -> usize {
-    let unpadded = b64
-        .strip_suffix("==")
-        .or_else(|| b64.strip_suffix('='))
-        .unwrap_or(b64)
-        .len();
-    unpadded / 4 * 3 + (unpadded % 4).saturating_sub(1)
 }
 
 /// A DTMF key: one of `0-9 * # A-D` (lowercase `a-d` accepted and raised).
@@ -983,17 +942,6 @@ mod tests {
                 TwilioInbound::Media(&payload),
                 "length {len}"
             );
-        }
-    }
-
-    /// The decoded-length estimate is exact for valid base64, padded or not.
-    #[test]
-    fn decoded_len_is_exact() {
-        for len in 0..50 {
-            let bytes = vec![0xa5; len];
-            let padded = BASE64.encode(&bytes);
-            assert_eq!(decoded_len(&padded), len);
-            assert_eq!(decoded_len(padded.trim_end_matches('=')), len);
         }
     }
 }
