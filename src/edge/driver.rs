@@ -13,8 +13,15 @@
 //! Each provider connection gets the next attempt number. On a failover the core asks for a
 //! new provider; the driver starts a new [`ProviderActor`] with the next number and drops the
 //! old one's address (which stops it), and from then on passes the core only the events whose
-//! attempt is the current one (the old connection's trailing `Closed` must not reach it). The
-//! driver also reports each connection's outcome to the router's shared
+//! attempt is the current one (the old connection's trailing `Closed` must not reach it).
+//!
+//! A resumption ([`Output::ResumeProvider`], after the provider's `goAway`) makes before it
+//! breaks: the old connection is kept as the *draining* one, and its answers (audio,
+//! transcripts, barge-in) still reach the core until the new connection answers, fails, or
+//! the old one closes; then the old address is dropped. So audio the provider was already
+//! sending when it announced its close is not cut.
+//!
+//! The driver also reports each connection's outcome to the router's shared
 //! [`Health`](crate::health::Health): ready (with the connect time), first answer (with its
 //! latency), failure.
 
@@ -95,8 +102,11 @@ pub(super) struct SessionDriver {
     /// The current provider connection; replaced on failover (dropping the old address stops
     /// the old actor), dropped at the end.
     provider: Option<Addr<ProviderActor>>,
+    /// The connection being replaced by a resumption, with its attempt number: kept open,
+    /// its answers passed on, until the current one answers (see the module docs).
+    draining: Option<(u32, Addr<ProviderActor>)>,
     /// The current connection's attempt number (1 for the first); events of other attempts
-    /// are dropped.
+    /// are dropped (but for the draining connection's answers).
     attempt: u32,
     /// What the current connection has shown so far, for the health registry.
     connection: Option<ConnectionWatch>,
@@ -137,6 +147,7 @@ impl SessionDriver {
             admitted: false,
             provider_events: None,
             provider: None,
+            draining: None,
             attempt: 0,
             connection: None,
             admitted_provider: None,
@@ -193,6 +204,13 @@ impl SessionDriver {
                 Output::StartProvider(spec) => {
                     let span = self.span.clone();
                     let _in_session = span.enter();
+                    self.draining = None;
+                    self.start_provider(spec);
+                }
+                Output::ResumeProvider(spec) => {
+                    let span = self.span.clone();
+                    let _in_session = span.enter();
+                    self.draining = self.provider.take().map(|old| (self.attempt, old));
                     self.start_provider(spec);
                 }
                 Output::ToProvider(command) => self.send_to_provider(command),
@@ -423,6 +441,7 @@ impl SessionDriver {
     /// the provider go: dropping its address stops it once it has passed `Finish` on.
     fn record(&mut self, outcome: SessionOutcome) {
         self.provider = None;
+        self.draining = None;
         tracing::info!(
             reason = outcome.reason.as_str(),
             duration_ms = outcome.duration_ms,
@@ -486,6 +505,21 @@ impl SessionDriver {
     /// A provider connection's event: the input to feed, unless it is from a connection
     /// the session has already left.
     pub(super) fn provider_event(&mut self, message: ProviderOutput) -> Option<Input<'static>> {
+        if let Some((draining, _)) = self.draining
+            && message.attempt == draining
+        {
+            return match message.event {
+                ProviderEvent::Audio(_)
+                | ProviderEvent::Transcript { .. }
+                | ProviderEvent::SpeechStarted => Some(Input::Provider(message.event)),
+                // Closing (as announced) or failing: nothing more will come from it.
+                ProviderEvent::Closed { .. } | ProviderEvent::Error { fatal: true, .. } => {
+                    self.draining = None;
+                    None
+                }
+                _ => None,
+            };
+        }
         if message.attempt != self.attempt {
             // A connection the session has already left (its trailing `Closed`, or events
             // that crossed the failover).
@@ -497,6 +531,18 @@ impl SessionDriver {
             return None;
         }
         self.watch(&message.event);
+        if self.draining.is_some()
+            && matches!(
+                message.event,
+                ProviderEvent::Audio(_)
+                    | ProviderEvent::Transcript { .. }
+                    | ProviderEvent::Error { fatal: true, .. }
+                    | ProviderEvent::Closed { .. }
+            )
+        {
+            // The new connection answers (or fails): the old one has had its time.
+            self.draining = None;
+        }
         Some(Input::Provider(message.event))
     }
 

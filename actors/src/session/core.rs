@@ -172,6 +172,13 @@ pub enum Output {
     /// now on passes only the new connection's events: events of an earlier connection must
     /// not reach the core (the driver tells them apart by their attempt number).
     StartProvider(ProviderSpec),
+    /// Connect to this provider to resume the current conversation (the provider announced
+    /// it will close the current connection: Gemini's `goAway`). Unlike
+    /// [`StartProvider`](Self::StartProvider) the current connection is not failing:
+    /// make before break, so the driver keeps it and passes on its answers (audio,
+    /// transcripts, barge-in) until the new connection answers or the old one closes; its
+    /// other events (ready, errors, close) no longer reach the core.
+    ResumeProvider(ProviderSpec),
     /// Send this to the provider.
     ToProvider(ProviderCommand),
     /// Close the caller's socket and stop the provider; the session is over. `outcome` is
@@ -838,7 +845,7 @@ impl SessionCore {
             "provider going away: reconnecting"
         );
         self.outputs
-            .push_back(Output::StartProvider(live.provider.clone()));
+            .push_back(Output::ResumeProvider(live.provider.clone()));
     }
 
     fn on_provider_audio(&mut self, now: Instant, mut pcm: &[i16]) {

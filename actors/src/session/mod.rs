@@ -48,6 +48,12 @@
 //! With no provider left the session ends with `PROVIDER_ERROR`; a provider that closes
 //! normally (`Closed { error: false }`) ends it with `PROVIDER_CLOSED`, without failover.
 //!
+//! A provider that announces it will close (`GoAway`, Gemini's connection limit) is not a
+//! failure: the core emits [`Output::ResumeProvider`] for a new connection to the same
+//! provider that resumes the conversation, holds caller audio for it as on a failover, and
+//! counts a reconnect, not a failover. The old connection's answers still reach the caller
+//! until the new one answers (make before break: audio already in flight is not cut).
+//!
 //! # Metering
 //!
 //! [`SessionOutcome::usage`] splits the session's audio counters by provider segment: the

@@ -893,7 +893,7 @@ fn going_away_reconnects_to_the_same_provider_resuming() {
     };
     core.handle_input(t0, Input::Provider(going));
     let (outputs, _) = drain(&mut core);
-    let [Output::StartProvider(resumed)] = outputs.as_slice() else {
+    let [Output::ResumeProvider(resumed)] = outputs.as_slice() else {
         panic!("expected only a new connection, got {outputs:?}");
     };
     assert_eq!(resumed.name, "gemini");
