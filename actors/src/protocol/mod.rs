@@ -34,6 +34,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::DecodeSliceError;
+use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
@@ -353,7 +354,6 @@ impl fmt::Write for JsonEscaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     /// The decoded-length estimate is exact for valid base64, padded or not.
     #[test]
