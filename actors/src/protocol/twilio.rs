@@ -52,9 +52,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use voxroute_codecs::AudioFormat;
 
+use super::carrier::{dtmf_digit, take_caller_parameters};
 use super::{
-    BASE64, PARAM_API_KEY, PARAM_PROVIDER, PARAM_ROUTE, ProtocolError, RouteTarget, Text,
-    check_text_len, decode_base64_payload, push_json_str,
+    BASE64, ProtocolError, RouteTarget, Text, check_text_len, decode_base64_payload, push_json_str,
 };
 
 /// Largest decoded `media` payload accepted from Twilio: 120 ms of 8 kHz mu-law. Twilio sends
@@ -401,11 +401,7 @@ fn parse_start(text: &str) -> Result<TwilioStart, ProtocolError> {
         return Err(ProtocolError::UnsupportedFormat);
     }
     let mut custom_parameters = body.custom_parameters.unwrap_or_default();
-    let target = RouteTarget::from_parts(
-        custom_parameters.get(PARAM_PROVIDER).map(String::as_str),
-        custom_parameters.get(PARAM_ROUTE).map(String::as_str),
-    )?;
-    let api_key = non_empty(custom_parameters.remove(PARAM_API_KEY));
+    let (api_key, target) = take_caller_parameters(&mut custom_parameters)?;
     Ok(TwilioStart {
         stream_sid,
         call_sid,
@@ -419,20 +415,6 @@ fn parse_start(text: &str) -> Result<TwilioStart, ProtocolError> {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
-}
-
-/// A DTMF key: one of `0-9 * # A-D` (lowercase `a-d` accepted and raised).
-fn dtmf_digit(s: &str) -> Option<char> {
-    let mut chars = s.chars();
-    let c = chars.next()?;
-    if chars.next().is_some() {
-        return None;
-    }
-    match c {
-        '0'..='9' | '*' | '#' | 'A'..='D' => Some(c),
-        'a'..='d' => Some(c.to_ascii_uppercase()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
