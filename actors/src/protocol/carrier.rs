@@ -1,7 +1,7 @@
 //! The carrier abstraction: one trait, [`CarrierCodec`], that every telephony media-stream
-//! format beyond Twilio implements ([`telnyx`](super::telnyx), [`vonage`](super::vonage),
-//! [`plivo`](super::plivo)), so that the session core holds any carrier the same way and a new
-//! carrier is one file.
+//! format implements ([`twilio`](super::twilio), [`telnyx`](super::telnyx),
+//! [`vonage`](super::vonage), [`plivo`](super::plivo)), so that the session core holds any
+//! carrier the same way and a new carrier is one file.
 //!
 //! A carrier codec is sans-IO like every codec here: it turns each WebSocket frame the carrier
 //! sends (text or binary) into a [`CarrierInbound`] (start, media, DTMF, stop, or nothing the
@@ -88,6 +88,25 @@ pub trait CarrierCodec: Send + fmt::Debug {
         &mut self,
         emit: &mut dyn FnMut(CarrierOutbound<'_>),
     ) -> Result<(), ProtocolError>;
+
+    /// Whether the carrier reports back when the audio before a mark has played (Twilio),
+    /// so the session sends marks through [`encode_mark`](Self::encode_mark).
+    fn has_marks(&self) -> bool {
+        false
+    }
+
+    /// Writes a mark named `name`; carriers without marks write nothing (the default).
+    ///
+    /// # Errors
+    /// [`ProtocolError::NotStarted`] before `start`; nothing is emitted.
+    fn encode_mark(
+        &mut self,
+        name: &str,
+        emit: &mut dyn FnMut(CarrierOutbound<'_>),
+    ) -> Result<(), ProtocolError> {
+        let _ = (name, emit);
+        Ok(())
+    }
 }
 
 /// One frame from a carrier, decoded. Borrowed data lives until the codec's next call.

@@ -12,7 +12,7 @@ use crate::protocol::carrier::{CarrierInbound, CarrierOutbound};
 use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
 use crate::protocol::plivo::PlivoCodec;
 use crate::protocol::telnyx::TelnyxCodec;
-use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
+use crate::protocol::twilio::TwilioCodec;
 use crate::protocol::vonage::VonageCodec;
 use crate::protocol::{ProtocolError, RouteTarget};
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderSpec};
@@ -241,11 +241,11 @@ pub struct SessionOutcome {
 }
 
 enum Protocol {
-    Twilio(TwilioCodec),
     Native(NativeCodec),
     /// The native codec writes the data channel's events; media does not go through it.
     WebRtc(NativeCodec),
-    /// Any other carrier, through its [`CarrierCodec`](crate::protocol::carrier::CarrierCodec).
+    /// A carrier (Twilio and the others), through its
+    /// [`CarrierCodec`](crate::protocol::carrier::CarrierCodec).
     Carrier(Box<CarrierLink>),
 }
 
@@ -254,7 +254,7 @@ impl Protocol {
     fn events(&mut self) -> Option<&mut NativeCodec> {
         match self {
             Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
-            Protocol::Twilio(_) | Protocol::Carrier(_) => None,
+            Protocol::Carrier(_) => None,
         }
     }
 }
@@ -381,7 +381,9 @@ impl SessionCore {
         SessionCore {
             config,
             protocol: match protocol {
-                ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
+                ClientProtocol::Twilio => {
+                    Protocol::Carrier(Box::new(CarrierLink::new(Box::new(TwilioCodec::new()))))
+                }
                 ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
                 ClientProtocol::WebRtc => Protocol::WebRtc(NativeCodec::new()),
                 ClientProtocol::Telnyx => {
@@ -510,31 +512,6 @@ impl SessionCore {
 
     fn on_client_text(&mut self, now: Instant, text: &str) {
         match &mut self.protocol {
-            Protocol::Twilio(codec) => match codec.decode_text(text) {
-                Ok(TwilioInbound::Connected) => self.good_frame(),
-                Ok(TwilioInbound::Start(start)) => {
-                    self.good_frame();
-                    let request = AuthorizeRequest {
-                        api_key: start.api_key.clone(),
-                        target: start.target.clone(),
-                        format: start.format(),
-                    };
-                    self.begin_authorize(request);
-                }
-                Ok(TwilioInbound::Media(payload)) => {
-                    // The payload borrows the codec; copy it only where it must wait.
-                    let payload = payload.to_vec();
-                    self.good_frame();
-                    self.on_audio(now, &payload);
-                }
-                Ok(TwilioInbound::Mark { .. }) => self.good_frame(),
-                Ok(TwilioInbound::Dtmf { digit }) => {
-                    self.good_frame();
-                    self.on_dtmf(digit);
-                }
-                Ok(TwilioInbound::Stop) => self.end(now, SessionCloseReason::ClientHangup),
-                Err(error) => self.bad_frame(now, error),
-            },
             Protocol::Native(codec) | Protocol::WebRtc(codec) => match codec.decode_text(text) {
                 Ok(NativeInbound::Start(start)) => {
                     self.good_frame();
@@ -561,7 +538,6 @@ impl SessionCore {
             Protocol::Carrier(_) => {
                 return self.on_carrier_frame(now, CarrierFrame::Binary(bytes));
             }
-            Protocol::Twilio(codec) => codec.decode_binary(bytes).map(|_| ()),
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
             // One Opus packet, checked by the decoder in the ingress chain.
             Protocol::WebRtc(_) => Ok(()),
@@ -988,15 +964,6 @@ impl SessionCore {
                     }
                 };
                 match &mut self.protocol {
-                    Protocol::Twilio(codec) => match codec.encode_media(encoded) {
-                        Ok(text) => self
-                            .outputs
-                            .push_back(Output::ToClientText(text.to_owned())),
-                        Err(error) => {
-                            tracing::error!(%error, "cannot frame media for Twilio");
-                            continue;
-                        }
-                    },
                     Protocol::Carrier(link) => {
                         let outputs = &mut self.outputs;
                         let mut emit =
@@ -1023,15 +990,18 @@ impl SessionCore {
             }
             // Twilio reports back when the audio before a mark has played: one mark at the
             // end of a chunk, once at least FRAMES_PER_MARK frames went out since the last.
-            if let Protocol::Twilio(codec) = &mut self.protocol
+            if let Protocol::Carrier(link) = &mut self.protocol
+                && link.codec.has_marks()
                 && self.frames_out >= self.frames_at_last_mark + FRAMES_PER_MARK
             {
                 self.frames_at_last_mark = self.frames_out;
                 self.marks_sent += 1;
                 let name = format!("vxr-{}", self.marks_sent);
-                if let Ok(text) = codec.encode_mark(&name) {
-                    self.outputs
-                        .push_back(Output::ToClientText(text.to_owned()));
+                let outputs = &mut self.outputs;
+                let mut emit =
+                    |frame: CarrierOutbound<'_>| outputs.push_back(carrier::output(frame));
+                if let Err(error) = link.codec.encode_mark(&name, &mut emit) {
+                    tracing::debug!(%error, "no mark before start");
                 }
             }
         }
@@ -1045,7 +1015,6 @@ impl SessionCore {
         live.provider_audio.clear();
         live.egress.reset();
         let text = match &mut self.protocol {
-            Protocol::Twilio(codec) => codec.encode_clear().ok(),
             Protocol::Native(codec) => Some(codec.encode_event(&ServerEvent::Clear)),
             Protocol::WebRtc(codec) => {
                 self.outputs.push_back(Output::FlushClientAudio);

@@ -1,7 +1,7 @@
 //! One live session, as a sans-IO state machine: [`SessionCore`].
 //!
 //! The core owns everything a session keeps while it is live: the caller protocol's codec
-//! (Twilio, native, or another carrier's through
+//! (native, or a carrier's, Twilio's included, through
 //! [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the DSP chains of `voxroute-codecs`, the framing of provider audio, the
 //! barge-in flush, the idle timer and the counters that end up in the session record. It does
 //! no I/O and reads no clock: the driver (the app's WebSocket actor) feeds it inputs with the
