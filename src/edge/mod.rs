@@ -6,7 +6,8 @@
 //! before the upgrade: a malformed, unknown or revoked key gets `401` with an
 //! `application/problem+json` body and nothing is routed. Callers that cannot set headers
 //! (carriers, browsers) may present the key inside the protocol instead (Twilio's
-//! `customParameters.api_key`, the native `start.api_key`); it is checked when `start` arrives,
+//! `customParameters.api_key`, Telnyx's `custom_parameters.api_key`, a Vonage NCCO header
+//! `api_key`, the native `start.api_key`); it is checked when `start` arrives,
 //! and a bad one closes the socket with `AUTH_FAILED`. With `--dev`, callers on loopback may
 //! present no key at all.
 //!
@@ -99,10 +100,25 @@ struct CallerEndpoint {
 }
 
 /// Every caller endpoint of this release.
-const CALLER_ENDPOINTS: [CallerEndpoint; 2] = [
+const CALLER_ENDPOINTS: [CallerEndpoint; 5] = [
     CallerEndpoint {
         path: "/v1/telephony/twilio",
         protocol: ClientProtocol::Twilio,
+        transport: Transport::Telephony,
+    },
+    CallerEndpoint {
+        path: "/v1/telephony/telnyx",
+        protocol: ClientProtocol::Telnyx,
+        transport: Transport::Telephony,
+    },
+    CallerEndpoint {
+        path: "/v1/telephony/vonage",
+        protocol: ClientProtocol::Vonage,
+        transport: Transport::Telephony,
+    },
+    CallerEndpoint {
+        path: "/v1/telephony/plivo",
+        protocol: ClientProtocol::Plivo,
         transport: Transport::Telephony,
     },
     CallerEndpoint {

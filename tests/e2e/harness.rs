@@ -683,6 +683,8 @@ pub(crate) struct Inbox {
     pub(crate) audio: Vec<u8>,
     /// Audio messages received.
     pub(crate) audio_messages: usize,
+    /// The distinct sizes of the audio messages received, in bytes.
+    pub(crate) audio_sizes: std::collections::BTreeSet<usize>,
     /// Every other text frame, parsed (a frame that is not JSON is kept as a JSON string).
     pub(crate) events: Vec<Value>,
     /// The close frame, if one came.
@@ -693,8 +695,11 @@ pub(crate) struct Inbox {
 
 /// Which protocol a [`Conn`]'s reader parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Speaks {
+pub(crate) enum Speaks {
+    /// Audio in JSON text (base64 `media.payload` of Twilio and Telnyx `media`, Plivo
+    /// `playAudio`), events in other text frames.
     Twilio,
+    /// Audio in binary frames (native, Vonage), events in text frames.
     Native,
 }
 
@@ -714,7 +719,7 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         bearer: Option<&str>,
         speaks: Speaks,
@@ -752,12 +757,15 @@ impl Conn {
                     Some(Ok(Message::Text(text))) => {
                         let value: Value = serde_json::from_str(&text)
                             .unwrap_or_else(|_| Value::String(text.to_string()));
-                        if speaks == Speaks::Twilio && value["event"] == "media" {
+                        if speaks == Speaks::Twilio
+                            && (value["event"] == "media" || value["event"] == "playAudio")
+                        {
                             let payload = value["media"]["payload"].as_str().unwrap_or_default();
                             let bytes =
                                 BASE64.decode(payload).expect("the router's base64 decodes");
                             inbox.audio.extend_from_slice(&bytes);
                             inbox.audio_messages += 1;
+                            inbox.audio_sizes.insert(bytes.len());
                         } else {
                             inbox.events.push(value);
                         }
@@ -765,6 +773,7 @@ impl Conn {
                     Some(Ok(Message::Binary(bytes))) => {
                         inbox.audio.extend_from_slice(&bytes);
                         inbox.audio_messages += 1;
+                        inbox.audio_sizes.insert(bytes.len());
                     }
                     Some(Ok(Message::Close(frame))) => {
                         inbox.closed = Some(Closed {

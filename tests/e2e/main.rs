@@ -11,6 +11,7 @@
 mod admin;
 mod bad_input;
 mod browser;
+mod carriers;
 mod cli;
 mod compose;
 mod data_promises;

@@ -2,7 +2,9 @@
 //! messages in, frame text out.
 //!
 //! - [`twilio`]: Twilio Media Streams, bidirectional (`GET /v1/telephony/twilio`);
-//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference.
+//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference;
+//! - [`carrier`]: the [`CarrierCodec`](carrier::CarrierCodec) trait the other carriers
+//!   implement: [`telnyx`], [`vonage`], [`plivo`] (`GET /v1/telephony/{telnyx,vonage,plivo}`).
 //!
 //! This module owns what both share: [`ProtocolError`] (one enum, with
 //! [`is_fatal`](ProtocolError::is_fatal) and a stable [`code`](ProtocolError::code)),
@@ -40,8 +42,12 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use voxroute_codecs::{Codec, CodecError};
 
+pub mod carrier;
 pub mod native;
+pub mod plivo;
+pub mod telnyx;
 pub mod twilio;
+pub mod vonage;
 
 /// Largest text frame a codec parses, in bytes; longer frames are refused unparsed with
 /// [`ProtocolError::FrameTooLarge`]. A Twilio `media` frame of 120 ms is under 1.5 KiB and a
@@ -107,6 +113,15 @@ pub enum ProtocolError {
         /// Length of the frame, in bytes.
         len: usize,
     },
+    /// A binary audio frame of another size than the carrier's fixed frame (Vonage: exactly
+    /// 20 ms, 640 bytes at 16 kHz, 320 at 8 kHz). Skip.
+    #[error("binary frame of {len} bytes; audio frames must be exactly {expected} bytes")]
+    WrongFrameSize {
+        /// Length of the frame, in bytes.
+        len: usize,
+        /// The one length accepted.
+        expected: usize,
+    },
     /// The `start` message cannot be understood: the named field is missing, empty, of the
     /// wrong type or out of range (`start` alone when the shape as a whole is wrong). Fatal.
     #[error("start message cannot be understood: field `{0}`")]
@@ -157,6 +172,7 @@ impl ProtocolError {
             ProtocolError::BadBase64 => "bad_base64",
             ProtocolError::PayloadSize { .. } => "payload_size",
             ProtocolError::BinaryFrame { .. } => "binary_frame",
+            ProtocolError::WrongFrameSize { .. } => "wrong_frame_size",
             ProtocolError::BadStart(_) => "bad_start",
             ProtocolError::UnsupportedFormat => "unsupported_format",
             ProtocolError::BadAudioFormat(_) => "bad_audio_format",
@@ -400,6 +416,10 @@ mod tests {
             ProtocolError::BadBase64,
             ProtocolError::PayloadSize { len: 0, max: 1 },
             ProtocolError::BinaryFrame { len: 1 },
+            ProtocolError::WrongFrameSize {
+                len: 1,
+                expected: 2,
+            },
             ProtocolError::BadStart("x"),
             ProtocolError::UnsupportedFormat,
             ProtocolError::BadAudioFormat(CodecError::EmptyPayload),

@@ -52,9 +52,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use voxroute_codecs::AudioFormat;
 
+use super::carrier::{
+    CarrierCodec, CarrierInbound, CarrierOutbound, CarrierStart, dtmf_digit, take_caller_parameters,
+};
 use super::{
-    BASE64, PARAM_API_KEY, PARAM_PROVIDER, PARAM_ROUTE, ProtocolError, RouteTarget, Text,
-    check_text_len, decode_base64_payload, push_json_str,
+    BASE64, ProtocolError, RouteTarget, Text, check_text_len, decode_base64_payload, push_json_str,
 };
 
 /// Largest decoded `media` payload accepted from Twilio: 120 ms of 8 kHz mu-law. Twilio sends
@@ -311,6 +313,77 @@ impl TwilioCodec {
     }
 }
 
+/// Twilio as a [`CarrierCodec`]: the session core holds it like every carrier. `connected`
+/// and mark echoes have nothing for the session; media is in order (Twilio's socket keeps
+/// it); marks are sent.
+impl CarrierCodec for TwilioCodec {
+    fn carrier(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn decode_text<'a>(&'a mut self, text: &'a str) -> Result<CarrierInbound<'a>, ProtocolError> {
+        Ok(match TwilioCodec::decode_text(self, text)? {
+            TwilioInbound::Connected | TwilioInbound::Mark { .. } => CarrierInbound::Ignored,
+            TwilioInbound::Start(start) => CarrierInbound::Start(CarrierStart {
+                format: start.format(),
+                call_id: start.call_sid,
+                target: start.target,
+                api_key: start.api_key,
+                parameters: start.custom_parameters,
+            }),
+            TwilioInbound::Media(payload) => CarrierInbound::Media {
+                sequence: None,
+                payload,
+            },
+            TwilioInbound::Dtmf { digit } => CarrierInbound::Dtmf { digit },
+            TwilioInbound::Stop => CarrierInbound::Stop,
+        })
+    }
+
+    fn decode_binary<'a>(
+        &'a mut self,
+        frame: &'a [u8],
+    ) -> Result<CarrierInbound<'a>, ProtocolError> {
+        Err(ProtocolError::BinaryFrame { len: frame.len() })
+    }
+
+    fn format(&self) -> Option<AudioFormat> {
+        self.is_started().then(AudioFormat::telephony_mulaw)
+    }
+
+    fn encode_media(
+        &mut self,
+        audio: &[u8],
+        emit: &mut dyn FnMut(CarrierOutbound<'_>),
+    ) -> Result<(), ProtocolError> {
+        emit(CarrierOutbound::Text(TwilioCodec::encode_media(
+            self, audio,
+        )?));
+        Ok(())
+    }
+
+    fn encode_clear(
+        &mut self,
+        emit: &mut dyn FnMut(CarrierOutbound<'_>),
+    ) -> Result<(), ProtocolError> {
+        emit(CarrierOutbound::Text(TwilioCodec::encode_clear(self)?));
+        Ok(())
+    }
+
+    fn has_marks(&self) -> bool {
+        true
+    }
+
+    fn encode_mark(
+        &mut self,
+        name: &str,
+        emit: &mut dyn FnMut(CarrierOutbound<'_>),
+    ) -> Result<(), ProtocolError> {
+        emit(CarrierOutbound::Text(TwilioCodec::encode_mark(self, name)?));
+        Ok(())
+    }
+}
+
 /// What every message is read as first: the discriminator plus the bodies of the frequent
 /// messages, borrowed from the frame. Other fields (`start`, `stop`, `sequenceNumber`, ...) are
 /// skipped without allocating.
@@ -401,11 +474,7 @@ fn parse_start(text: &str) -> Result<TwilioStart, ProtocolError> {
         return Err(ProtocolError::UnsupportedFormat);
     }
     let mut custom_parameters = body.custom_parameters.unwrap_or_default();
-    let target = RouteTarget::from_parts(
-        custom_parameters.get(PARAM_PROVIDER).map(String::as_str),
-        custom_parameters.get(PARAM_ROUTE).map(String::as_str),
-    )?;
-    let api_key = non_empty(custom_parameters.remove(PARAM_API_KEY));
+    let (api_key, target) = take_caller_parameters(&mut custom_parameters)?;
     Ok(TwilioStart {
         stream_sid,
         call_sid,
@@ -419,20 +488,6 @@ fn parse_start(text: &str) -> Result<TwilioStart, ProtocolError> {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
-}
-
-/// A DTMF key: one of `0-9 * # A-D` (lowercase `a-d` accepted and raised).
-fn dtmf_digit(s: &str) -> Option<char> {
-    let mut chars = s.chars();
-    let c = chars.next()?;
-    if chars.next().is_some() {
-        return None;
-    }
-    match c {
-        '0'..='9' | '*' | '#' | 'A'..='D' => Some(c),
-        'a'..='d' => Some(c.to_ascii_uppercase()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -919,6 +974,69 @@ mod tests {
             Ok(TwilioInbound::Start(_))
         ));
         assert_eq!(codec.stream_sid(), Some("MZ…01"));
+    }
+
+    /// Through the [`CarrierCodec`] trait (as the session core holds it): `connected` and
+    /// mark echoes are ignored, `start` carries the format and parameters, media is in order,
+    /// and outbound media, clear and marks are the same frames as the inherent methods write.
+    #[test]
+    fn works_as_a_carrier_codec() {
+        let mut codec = TwilioCodec::new();
+        let carrier: &mut dyn CarrierCodec = &mut codec;
+        assert_eq!(carrier.carrier(), "twilio");
+        assert!(carrier.has_marks());
+        assert_eq!(carrier.format(), None);
+        assert_eq!(
+            carrier.decode_text(CONNECTED).unwrap(),
+            CarrierInbound::Ignored
+        );
+        let frame = start_with(|v| {
+            v["start"]["customParameters"] =
+                json!({"api_key": "vxr_secret", "route": "r", "x": "y"});
+        });
+        let CarrierInbound::Start(start) = carrier.decode_text(&frame).unwrap() else {
+            panic!("not a start");
+        };
+        assert_eq!(start.format, AudioFormat::telephony_mulaw());
+        assert_eq!(start.call_id, "CA…01");
+        assert_eq!(start.api_key.as_deref(), Some("vxr_secret"));
+        assert_eq!(start.target, RouteTarget::Route("r".into()));
+        assert_eq!(start.parameters["x"], "y");
+        assert_eq!(carrier.frame_bytes(), Some(160));
+        assert_eq!(
+            carrier.decode_text(MEDIA).unwrap(),
+            CarrierInbound::Media {
+                sequence: None,
+                payload: &MEDIA_BYTES
+            }
+        );
+        assert_eq!(carrier.decode_text(MARK).unwrap(), CarrierInbound::Ignored);
+        assert_eq!(
+            carrier.decode_text(DTMF).unwrap(),
+            CarrierInbound::Dtmf { digit: '1' }
+        );
+        assert_eq!(carrier.decode_text(STOP).unwrap(), CarrierInbound::Stop);
+        assert_eq!(
+            carrier.decode_binary(&[0; 3]).unwrap_err(),
+            ProtocolError::BinaryFrame { len: 3 }
+        );
+        let mut texts = Vec::new();
+        let mut emit = |out: CarrierOutbound<'_>| {
+            if let CarrierOutbound::Text(text) = out {
+                texts.push(text.to_owned());
+            }
+        };
+        carrier.encode_media(&MEDIA_BYTES, &mut emit).unwrap();
+        carrier.encode_mark("m", &mut emit).unwrap();
+        carrier.encode_clear(&mut emit).unwrap();
+        assert_eq!(
+            texts,
+            [
+                r#"{"event":"media","streamSid":"MZ…01","media":{"payload":"no+JhoaJjpzS"}}"#,
+                r#"{"event":"mark","streamSid":"MZ…01","mark":{"name":"m"}}"#,
+                r#"{"event":"clear","streamSid":"MZ…01"}"#,
+            ]
+        );
     }
 
     /// Round trip: for random mu-law payloads of every length 1..=960, `encode_media` then

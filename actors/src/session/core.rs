@@ -8,12 +8,17 @@ use voxroute_codecs::opus::OpusEncoderConfig;
 use voxroute_codecs::{AudioFormat, EgressChain, FrameAssembler, IngressChain};
 
 use crate::close_reason::SessionCloseReason;
+use crate::protocol::carrier::{CarrierInbound, CarrierOutbound};
 use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
-use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
+use crate::protocol::plivo::PlivoCodec;
+use crate::protocol::telnyx::TelnyxCodec;
+use crate::protocol::twilio::TwilioCodec;
+use crate::protocol::vonage::VonageCodec;
 use crate::protocol::{ProtocolError, RouteTarget};
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderSpec};
 use crate::record::ProviderUsage;
 
+use super::carrier::{self, CarrierLink, Reordered};
 use super::replay::ReplayRing;
 
 /// How long a caller may take to send its `start` after the socket opens.
@@ -91,6 +96,12 @@ pub enum ClientProtocol {
     /// order (the driver's jitter buffer has reordered them) and a lost packet is
     /// [`Input::ClientLost`]; events are the native protocol's, as data channel text.
     WebRtc,
+    /// Telnyx Media Streaming (`/v1/telephony/telnyx`); its audio is reordered by sequence.
+    Telnyx,
+    /// The Vonage Voice API WebSocket (`/v1/telephony/vonage`).
+    Vonage,
+    /// Plivo Audio Streams (`/v1/telephony/plivo`).
+    Plivo,
 }
 
 /// Something that happened, for [`SessionCore::handle_input`].
@@ -230,10 +241,12 @@ pub struct SessionOutcome {
 }
 
 enum Protocol {
-    Twilio(TwilioCodec),
     Native(NativeCodec),
     /// The native codec writes the data channel's events; media does not go through it.
     WebRtc(NativeCodec),
+    /// A carrier (Twilio and the others), through its
+    /// [`CarrierCodec`](crate::protocol::carrier::CarrierCodec).
+    Carrier(Box<CarrierLink>),
 }
 
 impl Protocol {
@@ -241,9 +254,15 @@ impl Protocol {
     fn events(&mut self) -> Option<&mut NativeCodec> {
         match self {
             Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
-            Protocol::Twilio(_) => None,
+            Protocol::Carrier(_) => None,
         }
     }
+}
+
+/// A caller frame for a carrier codec.
+enum CarrierFrame<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
 }
 
 /// The live part of a session: exists from admission to the end, and is dropped (with every
@@ -362,9 +381,20 @@ impl SessionCore {
         SessionCore {
             config,
             protocol: match protocol {
-                ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
+                ClientProtocol::Twilio => {
+                    Protocol::Carrier(Box::new(CarrierLink::new(Box::new(TwilioCodec::new()))))
+                }
                 ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
                 ClientProtocol::WebRtc => Protocol::WebRtc(NativeCodec::new()),
+                ClientProtocol::Telnyx => {
+                    Protocol::Carrier(Box::new(CarrierLink::new(Box::new(TelnyxCodec::new()))))
+                }
+                ClientProtocol::Vonage => {
+                    Protocol::Carrier(Box::new(CarrierLink::new(Box::new(VonageCodec::new()))))
+                }
+                ClientProtocol::Plivo => {
+                    Protocol::Carrier(Box::new(CarrierLink::new(Box::new(PlivoCodec::new()))))
+                }
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
@@ -437,7 +467,12 @@ impl SessionCore {
     }
 
     fn next_deadline(&self) -> Instant {
-        let deadline = self.phase_deadline();
+        let mut deadline = self.phase_deadline();
+        if let Protocol::Carrier(link) = &self.protocol
+            && let Some(at) = link.reorder.deadline()
+        {
+            deadline = deadline.min(at);
+        }
         match &self.phase {
             Phase::Live(live) => live.replay_next_at.map_or(deadline, |at| at.min(deadline)),
             _ => deadline,
@@ -455,6 +490,8 @@ impl SessionCore {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        // Reordered carrier audio whose wait is over (a hole declared lost, what was behind it).
+        self.drain_carrier_audio(now);
         if let Phase::Live(live) = &self.phase
             && live.replay_next_at.is_some_and(|at| now >= at)
         {
@@ -475,31 +512,6 @@ impl SessionCore {
 
     fn on_client_text(&mut self, now: Instant, text: &str) {
         match &mut self.protocol {
-            Protocol::Twilio(codec) => match codec.decode_text(text) {
-                Ok(TwilioInbound::Connected) => self.good_frame(),
-                Ok(TwilioInbound::Start(start)) => {
-                    self.good_frame();
-                    let request = AuthorizeRequest {
-                        api_key: start.api_key.clone(),
-                        target: start.target.clone(),
-                        format: start.format(),
-                    };
-                    self.begin_authorize(request);
-                }
-                Ok(TwilioInbound::Media(payload)) => {
-                    // The payload borrows the codec; copy it only where it must wait.
-                    let payload = payload.to_vec();
-                    self.good_frame();
-                    self.on_audio(now, &payload);
-                }
-                Ok(TwilioInbound::Mark { .. }) => self.good_frame(),
-                Ok(TwilioInbound::Dtmf { digit }) => {
-                    self.good_frame();
-                    self.on_dtmf(digit);
-                }
-                Ok(TwilioInbound::Stop) => self.end(now, SessionCloseReason::ClientHangup),
-                Err(error) => self.bad_frame(now, error),
-            },
             Protocol::Native(codec) | Protocol::WebRtc(codec) => match codec.decode_text(text) {
                 Ok(NativeInbound::Start(start)) => {
                     self.good_frame();
@@ -517,12 +529,15 @@ impl SessionCore {
                 }
                 Err(error) => self.bad_frame(now, error),
             },
+            Protocol::Carrier(_) => self.on_carrier_frame(now, CarrierFrame::Text(text)),
         }
     }
 
     fn on_client_binary(&mut self, now: Instant, bytes: &[u8]) {
         let result = match &mut self.protocol {
-            Protocol::Twilio(codec) => codec.decode_binary(bytes).map(|_| ()),
+            Protocol::Carrier(_) => {
+                return self.on_carrier_frame(now, CarrierFrame::Binary(bytes));
+            }
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
             // One Opus packet, checked by the decoder in the ingress chain.
             Protocol::WebRtc(_) => Ok(()),
@@ -533,6 +548,85 @@ impl SessionCore {
                 self.on_audio(now, bytes);
             }
             Err(error) => self.bad_frame(now, error),
+        }
+    }
+
+    /// One frame from a carrier other than Twilio: decoded by its codec; sequenced audio is
+    /// reordered, other audio handled at once.
+    fn on_carrier_frame(&mut self, now: Instant, frame: CarrierFrame<'_>) {
+        let Protocol::Carrier(link) = &mut self.protocol else {
+            return;
+        };
+        let link = &mut **link;
+        let decoded = match frame {
+            CarrierFrame::Text(text) => link.codec.decode_text(text),
+            CarrierFrame::Binary(bytes) => link.codec.decode_binary(bytes),
+        };
+        match decoded {
+            Ok(CarrierInbound::Ignored) => self.good_frame(),
+            Ok(CarrierInbound::Start(start)) => {
+                tracing::debug!(carrier = link.codec.carrier(), ?start, "carrier start");
+                self.good_frame();
+                self.begin_authorize(AuthorizeRequest {
+                    api_key: start.api_key,
+                    target: start.target,
+                    format: start.format,
+                });
+            }
+            Ok(CarrierInbound::Media {
+                sequence: Some(sequence),
+                payload,
+            }) => {
+                link.reorder.push(now, sequence, payload);
+                self.good_frame();
+                self.drain_carrier_audio(now);
+            }
+            Ok(CarrierInbound::Media {
+                sequence: None,
+                payload,
+            }) => {
+                // The payload borrows the codec: copy it into the link's reused buffer.
+                let mut scratch = std::mem::take(&mut link.scratch);
+                scratch.clear();
+                scratch.extend_from_slice(payload);
+                self.good_frame();
+                self.on_audio(now, &scratch);
+                if let Protocol::Carrier(link) = &mut self.protocol {
+                    link.scratch = scratch;
+                }
+            }
+            Ok(CarrierInbound::Dtmf { digit }) => {
+                self.good_frame();
+                self.on_dtmf(digit);
+            }
+            Ok(CarrierInbound::Stop) => {
+                // What is still held behind a hole goes out before the end.
+                if let Some(at) = link.reorder.deadline() {
+                    self.drain_carrier_audio(at.max(now));
+                }
+                self.end(now, SessionCloseReason::ClientHangup);
+            }
+            Err(error) => self.bad_frame(now, error),
+        }
+    }
+
+    /// Hands the reordered carrier audio due at `now` to the session, a lost payload as a
+    /// concealed frame.
+    fn drain_carrier_audio(&mut self, now: Instant) {
+        loop {
+            let Protocol::Carrier(link) = &mut self.protocol else {
+                return;
+            };
+            match link.reorder.pop(now) {
+                None => return,
+                Some(Reordered::Payload(buffer)) => {
+                    self.on_audio(now, &buffer);
+                    if let Protocol::Carrier(link) = &mut self.protocol {
+                        link.reorder.recycle(buffer);
+                    }
+                }
+                Some(Reordered::Lost) => self.on_audio_lost(now, None),
+            }
         }
     }
 
@@ -869,19 +963,20 @@ impl SessionCore {
                         continue;
                     }
                 };
-                let output = match &mut self.protocol {
-                    Protocol::Twilio(codec) => match codec.encode_media(encoded) {
-                        Ok(text) => Output::ToClientText(text.to_owned()),
-                        Err(error) => {
-                            tracing::error!(%error, "cannot frame media for Twilio");
+                match &mut self.protocol {
+                    Protocol::Carrier(link) => {
+                        let outputs = &mut self.outputs;
+                        let mut emit =
+                            |frame: CarrierOutbound<'_>| outputs.push_back(carrier::output(frame));
+                        if let Err(error) = link.codec.encode_media(encoded, &mut emit) {
+                            tracing::error!(%error, carrier = link.codec.carrier(), "cannot frame media");
                             continue;
                         }
-                    },
-                    Protocol::Native(_) | Protocol::WebRtc(_) => {
-                        Output::ToClientBinary(encoded.to_vec())
                     }
-                };
-                self.outputs.push_back(output);
+                    Protocol::Native(_) | Protocol::WebRtc(_) => self
+                        .outputs
+                        .push_back(Output::ToClientBinary(encoded.to_vec())),
+                }
                 self.frames_out += 1;
                 sent_any = true;
             }
@@ -895,15 +990,18 @@ impl SessionCore {
             }
             // Twilio reports back when the audio before a mark has played: one mark at the
             // end of a chunk, once at least FRAMES_PER_MARK frames went out since the last.
-            if let Protocol::Twilio(codec) = &mut self.protocol
+            if let Protocol::Carrier(link) = &mut self.protocol
+                && link.codec.has_marks()
                 && self.frames_out >= self.frames_at_last_mark + FRAMES_PER_MARK
             {
                 self.frames_at_last_mark = self.frames_out;
                 self.marks_sent += 1;
                 let name = format!("vxr-{}", self.marks_sent);
-                if let Ok(text) = codec.encode_mark(&name) {
-                    self.outputs
-                        .push_back(Output::ToClientText(text.to_owned()));
+                let outputs = &mut self.outputs;
+                let mut emit =
+                    |frame: CarrierOutbound<'_>| outputs.push_back(carrier::output(frame));
+                if let Err(error) = link.codec.encode_mark(&name, &mut emit) {
+                    tracing::debug!(%error, "no mark before start");
                 }
             }
         }
@@ -917,11 +1015,19 @@ impl SessionCore {
         live.provider_audio.clear();
         live.egress.reset();
         let text = match &mut self.protocol {
-            Protocol::Twilio(codec) => codec.encode_clear().ok(),
             Protocol::Native(codec) => Some(codec.encode_event(&ServerEvent::Clear)),
             Protocol::WebRtc(codec) => {
                 self.outputs.push_back(Output::FlushClientAudio);
                 Some(codec.encode_event(&ServerEvent::Clear))
+            }
+            Protocol::Carrier(link) => {
+                let outputs = &mut self.outputs;
+                let mut emit =
+                    |frame: CarrierOutbound<'_>| outputs.push_back(carrier::output(frame));
+                if let Err(error) = link.codec.encode_clear(&mut emit) {
+                    tracing::debug!(%error, "no clear before start");
+                }
+                None
             }
         };
         if let Some(text) = text {

@@ -1,7 +1,8 @@
 //! One live session, as a sans-IO state machine: [`SessionCore`].
 //!
 //! The core owns everything a session keeps while it is live: the caller protocol's codec
-//! (Twilio or native), the DSP chains of `voxroute-codecs`, the framing of provider audio, the
+//! (native, or a carrier's, Twilio's included, through
+//! [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the DSP chains of `voxroute-codecs`, the framing of provider audio, the
 //! barge-in flush, the idle timer and the counters that end up in the session record. It does
 //! no I/O and reads no clock: the driver (the app's WebSocket actor) feeds it inputs with the
 //! current time and carries out its outputs.
@@ -63,6 +64,7 @@
 //! closed from the frame counters at each failover and at the end, so the segments always add
 //! up to `audio_in_ms` and `audio_out_ms`.
 
+mod carrier;
 mod core;
 mod replay;
 
