@@ -340,6 +340,19 @@ impl Router {
         &self.health
     }
 
+    /// What an OpenAI Realtime client's `model` (`GET /v1/realtime?model=NAME`) selects: the
+    /// route of that name, else the provider of that name (routes first, so a route may
+    /// take a provider's name to add failover to it). `None` for a name that is neither.
+    pub fn target_for_model(&self, model: &str) -> Option<RouteTarget> {
+        if self.routes.contains_key(model) {
+            Some(RouteTarget::Route(model.to_owned()))
+        } else if self.providers.contains_key(model) {
+            Some(RouteTarget::Provider(model.to_owned()))
+        } else {
+            None
+        }
+    }
+
     /// The providers a caller's request leads to, in the order to try them, now.
     ///
     /// # Errors

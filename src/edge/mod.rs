@@ -99,7 +99,7 @@ struct CallerEndpoint {
 }
 
 /// Every caller endpoint of this release.
-const CALLER_ENDPOINTS: [CallerEndpoint; 2] = [
+const CALLER_ENDPOINTS: [CallerEndpoint; 3] = [
     CallerEndpoint {
         path: "/v1/telephony/twilio",
         protocol: ClientProtocol::Twilio,
@@ -108,6 +108,11 @@ const CALLER_ENDPOINTS: [CallerEndpoint; 2] = [
     CallerEndpoint {
         path: "/v1/ws",
         protocol: ClientProtocol::Native,
+        transport: Transport::WebSocket,
+    },
+    CallerEndpoint {
+        path: "/v1/realtime",
+        protocol: ClientProtocol::Realtime,
         transport: Transport::WebSocket,
     },
 ];
@@ -247,12 +252,19 @@ async fn upgrade(
     endpoint: CallerEndpoint,
 ) -> Result<HttpResponse, actix_web::Error> {
     let PreChecked {
-        target: query_target,
+        target: mut query_target,
         key,
     } = match pre_session_checks(&req, &state).await {
         Ok(checked) => checked,
         Err(response) => return Ok(response),
     };
+    if endpoint.protocol == ClientProtocol::Realtime {
+        match realtime_target(&req, &state.router) {
+            Ok(Some(target)) => query_target = target,
+            Ok(None) => {}
+            Err(response) => return Ok(response),
+        }
+    }
     let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
     let actor = SessionActor::new(driver::SessionParams {
         state: Arc::clone(&state),
@@ -266,6 +278,36 @@ async fn upgrade(
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(MAX_FRAME_BYTES)
         .start()
+}
+
+/// `GET /v1/realtime`: the target its `model` query parameter selects
+/// ([`Router::target_for_model`]); `None` without one (then `provider`/`route`, or the default
+/// route).
+///
+/// # Errors
+/// `400` (`unknown_model`) for a model that names neither a route nor a provider.
+fn realtime_target(
+    req: &HttpRequest,
+    router: &Router,
+) -> Result<Option<RouteTarget>, HttpResponse> {
+    #[derive(Deserialize)]
+    struct ModelQuery {
+        model: Option<String>,
+    }
+    let model = web::Query::<ModelQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|query| query.into_inner().model)
+        .filter(|model| !model.is_empty());
+    let Some(model) = model else {
+        return Ok(None);
+    };
+    router.target_for_model(&model).map(Some).ok_or_else(|| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "unknown_model",
+            "`model` names neither a route nor a provider of this voxroute",
+        )
+    })
 }
 
 /// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer`

@@ -2,7 +2,8 @@
 //! messages in, frame text out.
 //!
 //! - [`twilio`]: Twilio Media Streams, bidirectional (`GET /v1/telephony/twilio`);
-//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference.
+//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference;
+//! - [`realtime`]: OpenAI Realtime, GA event shapes (`GET /v1/realtime`), for the OpenAI SDKs.
 //!
 //! This module owns what both share: [`ProtocolError`] (one enum, with
 //! [`is_fatal`](ProtocolError::is_fatal) and a stable [`code`](ProtocolError::code)),
@@ -34,12 +35,14 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::DecodeSliceError;
+use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use voxroute_codecs::{Codec, CodecError};
 
 pub mod native;
+pub mod realtime;
 pub mod twilio;
 
 /// Largest text frame a codec parses, in bytes; longer frames are refused unparsed with
@@ -125,6 +128,16 @@ pub enum ProtocolError {
     /// `streamSid`): a call out of order by the session, nothing was written. Skip.
     #[error("outbound message before start")]
     NotStarted,
+    /// An event the protocol defines but voxroute cannot carry to every provider (OpenAI
+    /// Realtime's `response.create`, `conversation.item.create`, ...): refused, not dropped
+    /// silently. Skip.
+    #[error("event `{0}` is not supported by voxroute")]
+    UnsupportedEvent(&'static str),
+    /// A setting the protocol defines but voxroute does not take per session (OpenAI
+    /// Realtime's `session.instructions`: the route's provider settings hold it). The whole
+    /// message is refused. Skip.
+    #[error("field `{0}` is not supported by voxroute")]
+    UnsupportedField(&'static str),
 }
 
 impl ProtocolError {
@@ -161,6 +174,8 @@ impl ProtocolError {
             ProtocolError::BadAudioFormat(_) => "bad_audio_format",
             ProtocolError::ProviderAndRoute => "provider_and_route",
             ProtocolError::NotStarted => "not_started",
+            ProtocolError::UnsupportedEvent(_) => "unsupported_event",
+            ProtocolError::UnsupportedField(_) => "unsupported_field",
         }
     }
 }
@@ -353,7 +368,6 @@ impl fmt::Write for JsonEscaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     /// The decoded-length estimate is exact for valid base64, padded or not.
     #[test]
@@ -405,6 +419,8 @@ mod tests {
             ProtocolError::BadAudioFormat(CodecError::EmptyPayload),
             ProtocolError::ProviderAndRoute,
             ProtocolError::NotStarted,
+            ProtocolError::UnsupportedEvent("x"),
+            ProtocolError::UnsupportedField("x"),
         ];
         let mut codes: Vec<&str> = all.iter().map(ProtocolError::code).collect();
         for code in &codes {
