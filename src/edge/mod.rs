@@ -258,11 +258,19 @@ async fn upgrade(
         Ok(checked) => checked,
         Err(response) => return Ok(response),
     };
-    if endpoint.protocol == ClientProtocol::Realtime {
-        match realtime_target(&req, &state.router) {
-            Ok(Some(target)) => query_target = target,
-            Ok(None) => {}
-            Err(response) => return Ok(response),
+    // `GET /v1/realtime`: `model` selects the route (else `provider`/`route`, or the default).
+    if endpoint.protocol == ClientProtocol::Realtime
+        && let Some(model) = realtime_model(&req)
+    {
+        match state.router.target_for_model(&model) {
+            Some(target) => query_target = target,
+            None => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_model",
+                    "`model` names neither a route nor a provider of this voxroute",
+                ));
+            }
         }
     }
     let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
@@ -280,34 +288,17 @@ async fn upgrade(
         .start()
 }
 
-/// `GET /v1/realtime`: the target its `model` query parameter selects
-/// ([`Router::target_for_model`]); `None` without one (then `provider`/`route`, or the default
-/// route).
-///
-/// # Errors
-/// `400` (`unknown_model`) for a model that names neither a route nor a provider.
-fn realtime_target(
-    req: &HttpRequest,
-    router: &Router,
-) -> Result<Option<RouteTarget>, HttpResponse> {
+/// The non-empty `model` query parameter of `GET /v1/realtime`, if any
+/// ([`Router::target_for_model`] says what it selects).
+fn realtime_model(req: &HttpRequest) -> Option<String> {
     #[derive(Deserialize)]
     struct ModelQuery {
         model: Option<String>,
     }
-    let model = web::Query::<ModelQuery>::from_query(req.query_string())
+    web::Query::<ModelQuery>::from_query(req.query_string())
         .ok()
         .and_then(|query| query.into_inner().model)
-        .filter(|model| !model.is_empty());
-    let Some(model) = model else {
-        return Ok(None);
-    };
-    router.target_for_model(&model).map(Some).ok_or_else(|| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "unknown_model",
-            "`model` names neither a route nor a provider of this voxroute",
-        )
-    })
+        .filter(|model| !model.is_empty())
 }
 
 /// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer`

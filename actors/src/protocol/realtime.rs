@@ -252,7 +252,7 @@ impl RealtimeCodec {
                 .iter()
                 .find(|name| **name == other)
                 .map_or(ProtocolError::UnknownEvent, |name| {
-                    ProtocolError::UnsupportedEvent(*name)
+                    ProtocolError::UnsupportedEvent(name)
                 })),
         }
     }

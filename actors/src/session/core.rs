@@ -373,7 +373,7 @@ impl SessionCore {
                 ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
                 ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
                 ClientProtocol::WebRtc => Protocol::WebRtc(NativeCodec::new()),
-                ClientProtocol::Realtime => Protocol::Realtime(Box::new(RealtimeCodec::new())),
+                ClientProtocol::Realtime => Protocol::Realtime(Box::default()),
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
