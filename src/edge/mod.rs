@@ -10,6 +10,11 @@
 //! and a bad one closes the socket with `AUTH_FAILED`. With `--dev`, callers on loopback may
 //! present no key at all.
 //!
+//! `GET /v1/realtime` (OpenAI-Realtime-compatible) takes the key as the OpenAI SDKs send it,
+//! `Authorization: Bearer`, and its `model` query parameter selects the route
+//! ([`Router::target_for_model`]); a model that names neither a route nor a provider gets
+//! `400` (`unknown_model`) before the upgrade.
+//!
 //! # Limits
 //!
 //! Every session of a key takes a token of the key's new-session bucket ([`crate::limits`]):
