@@ -674,6 +674,36 @@ mod tests {
         );
     }
 
+    /// An OpenAI Realtime `model` names a route first, else a provider; anything else is
+    /// refused (`None`).
+    #[test]
+    fn model_names_a_route_or_a_provider() {
+        let providers = BTreeMap::from([("model".to_owned(), ws_pcm("ws://127.0.0.1:9/x"))]);
+        let routes = BTreeMap::from([
+            (
+                "main".to_owned(),
+                RouteConfig::failover(vec!["model".into(), ECHO.into()]),
+            ),
+            (ECHO.to_owned(), RouteConfig::failover(vec!["model".into()])),
+        ]);
+        let router = new_router(&providers, &routes, DEFAULT_ROUTE).unwrap();
+        assert_eq!(
+            router.target_for_model("main"),
+            Some(RouteTarget::Route("main".into()))
+        );
+        assert_eq!(
+            router.target_for_model("model"),
+            Some(RouteTarget::Provider("model".into()))
+        );
+        // A route named like a provider wins.
+        assert_eq!(
+            router.target_for_model(ECHO),
+            Some(RouteTarget::Route(ECHO.into()))
+        );
+        assert_eq!(router.target_for_model("gpt-realtime"), None);
+        assert_eq!(router.target_for_model(""), None);
+    }
+
     #[test]
     fn bad_configurations_are_refused_at_start() {
         let no_url = ProviderConfig {
