@@ -340,6 +340,19 @@ impl Router {
         &self.health
     }
 
+    /// What an OpenAI Realtime client's `model` (`GET /v1/realtime?model=NAME`) selects: the
+    /// route of that name, else the provider of that name (routes first, so a route may
+    /// take a provider's name to add failover to it). `None` for a name that is neither.
+    pub fn target_for_model(&self, model: &str) -> Option<RouteTarget> {
+        if self.routes.contains_key(model) {
+            Some(RouteTarget::Route(model.to_owned()))
+        } else if self.providers.contains_key(model) {
+            Some(RouteTarget::Provider(model.to_owned()))
+        } else {
+            None
+        }
+    }
+
     /// The providers a caller's request leads to, in the order to try them, now.
     ///
     /// # Errors
@@ -659,6 +672,36 @@ mod tests {
             router.resolve(&RouteTarget::Route("nope".into())),
             Err(RoutingError::UnknownRoute("nope".into()))
         );
+    }
+
+    /// An OpenAI Realtime `model` names a route first, else a provider; anything else is
+    /// refused (`None`).
+    #[test]
+    fn model_names_a_route_or_a_provider() {
+        let providers = BTreeMap::from([("model".to_owned(), ws_pcm("ws://127.0.0.1:9/x"))]);
+        let routes = BTreeMap::from([
+            (
+                "main".to_owned(),
+                RouteConfig::failover(vec!["model".into(), ECHO.into()]),
+            ),
+            (ECHO.to_owned(), RouteConfig::failover(vec!["model".into()])),
+        ]);
+        let router = new_router(&providers, &routes, DEFAULT_ROUTE).unwrap();
+        assert_eq!(
+            router.target_for_model("main"),
+            Some(RouteTarget::Route("main".into()))
+        );
+        assert_eq!(
+            router.target_for_model("model"),
+            Some(RouteTarget::Provider("model".into()))
+        );
+        // A route named like a provider wins.
+        assert_eq!(
+            router.target_for_model(ECHO),
+            Some(RouteTarget::Route(ECHO.into()))
+        );
+        assert_eq!(router.target_for_model("gpt-realtime"), None);
+        assert_eq!(router.target_for_model(""), None);
     }
 
     #[test]

@@ -511,7 +511,10 @@ impl SessionDriver {
             return match message.event {
                 ProviderEvent::Audio(_)
                 | ProviderEvent::Transcript { .. }
-                | ProviderEvent::SpeechStarted => Some(Input::Provider(message.event)),
+                | ProviderEvent::ReplyTranscript { .. }
+                | ProviderEvent::SpeechStarted
+                | ProviderEvent::SpeechStopped
+                | ProviderEvent::ReplyDone => Some(Input::Provider(message.event)),
                 // Closing (as announced) or failing: nothing more will come from it.
                 ProviderEvent::Closed { .. } | ProviderEvent::Error { fatal: true, .. } => {
                     self.draining = None;
@@ -536,6 +539,7 @@ impl SessionDriver {
                 message.event,
                 ProviderEvent::Audio(_)
                     | ProviderEvent::Transcript { .. }
+                    | ProviderEvent::ReplyTranscript { .. }
                     | ProviderEvent::Error { fatal: true, .. }
                     | ProviderEvent::Closed { .. }
             )
@@ -561,7 +565,11 @@ impl SessionDriver {
                 health.report_connected(&watch.provider, connect);
                 metrics.provider_ready(&watch.provider, connect.as_secs_f64());
             }
-            ProviderEvent::Audio(_) | ProviderEvent::Transcript { .. } if !watch.answered => {
+            ProviderEvent::Audio(_)
+            | ProviderEvent::Transcript { .. }
+            | ProviderEvent::ReplyTranscript { .. }
+                if !watch.answered =>
+            {
                 watch.answered = true;
                 let since = watch.first_audio_at.or(watch.ready_at);
                 if let Some(since) = since {

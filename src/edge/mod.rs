@@ -11,6 +11,11 @@
 //! and a bad one closes the socket with `AUTH_FAILED`. With `--dev`, callers on loopback may
 //! present no key at all.
 //!
+//! `GET /v1/realtime` (OpenAI-Realtime-compatible) takes the key as the OpenAI SDKs send it,
+//! `Authorization: Bearer`, and its `model` query parameter selects the route
+//! ([`Router::target_for_model`]); a model that names neither a route nor a provider gets
+//! `400` (`unknown_model`) before the upgrade.
+//!
 //! # Limits
 //!
 //! Every session of a key takes a token of the key's new-session bucket ([`crate::limits`]):
@@ -100,7 +105,7 @@ struct CallerEndpoint {
 }
 
 /// Every caller endpoint of this release.
-const CALLER_ENDPOINTS: [CallerEndpoint; 5] = [
+const CALLER_ENDPOINTS: [CallerEndpoint; 6] = [
     CallerEndpoint {
         path: "/v1/telephony/twilio",
         protocol: ClientProtocol::Twilio,
@@ -124,6 +129,11 @@ const CALLER_ENDPOINTS: [CallerEndpoint; 5] = [
     CallerEndpoint {
         path: "/v1/ws",
         protocol: ClientProtocol::Native,
+        transport: Transport::WebSocket,
+    },
+    CallerEndpoint {
+        path: "/v1/realtime",
+        protocol: ClientProtocol::Realtime,
         transport: Transport::WebSocket,
     },
 ];
@@ -263,12 +273,27 @@ async fn upgrade(
     endpoint: CallerEndpoint,
 ) -> Result<HttpResponse, actix_web::Error> {
     let PreChecked {
-        target: query_target,
+        target: mut query_target,
         key,
     } = match pre_session_checks(&req, &state).await {
         Ok(checked) => checked,
         Err(response) => return Ok(response),
     };
+    // `GET /v1/realtime`: `model` selects the route (else `provider`/`route`, or the default).
+    if endpoint.protocol == ClientProtocol::Realtime
+        && let Some(model) = realtime_model(&req)
+    {
+        match state.router.target_for_model(&model) {
+            Some(target) => query_target = target,
+            None => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_model",
+                    "`model` names neither a route nor a provider of this voxroute",
+                ));
+            }
+        }
+    }
     let peer_ip: Option<IpAddr> = req.peer_addr().map(|addr| addr.ip());
     let actor = SessionActor::new(driver::SessionParams {
         state: Arc::clone(&state),
@@ -282,6 +307,19 @@ async fn upgrade(
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(MAX_FRAME_BYTES)
         .start()
+}
+
+/// The non-empty `model` query parameter of `GET /v1/realtime`, if any
+/// ([`Router::target_for_model`] says what it selects).
+fn realtime_model(req: &HttpRequest) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ModelQuery {
+        model: Option<String>,
+    }
+    web::Query::<ModelQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|query| query.into_inner().model)
+        .filter(|model| !model.is_empty())
 }
 
 /// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer`

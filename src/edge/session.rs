@@ -1,4 +1,4 @@
-//! [`SessionActor`]: the WebSocket actor of one live session (Twilio or native), a thin
+//! [`SessionActor`]: the WebSocket actor of one live session (Twilio, native or OpenAI Realtime), a thin
 //! carrier of the session driver's effects.
 //!
 //! It lives in the app, not in `voxroute-actors`, because an actix-web-actors WebSocket actor

@@ -22,6 +22,7 @@ mod operations;
 #[cfg(feature = "otel")]
 mod otel;
 mod providers;
+mod realtime;
 mod replicas;
 mod sessions;
 mod store;

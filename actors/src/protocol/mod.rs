@@ -4,9 +4,10 @@
 //! - [`twilio`]: Twilio Media Streams, bidirectional (`GET /v1/telephony/twilio`);
 //! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference;
 //! - [`carrier`]: the [`CarrierCodec`](carrier::CarrierCodec) trait the other carriers
-//!   implement: [`telnyx`], [`vonage`], [`plivo`] (`GET /v1/telephony/{telnyx,vonage,plivo}`).
+//!   implement: [`telnyx`], [`vonage`], [`plivo`] (`GET /v1/telephony/{telnyx,vonage,plivo}`);
+//! - [`realtime`]: OpenAI Realtime, GA event shapes (`GET /v1/realtime`), for the OpenAI SDKs.
 //!
-//! This module owns what both share: [`ProtocolError`] (one enum, with
+//! This module owns what they share: [`ProtocolError`] (one enum, with
 //! [`is_fatal`](ProtocolError::is_fatal) and a stable [`code`](ProtocolError::code)),
 //! [`RouteTarget`] (which provider or route the caller asked for), the frame size limits and a
 //! small JSON string writer.
@@ -45,6 +46,7 @@ use voxroute_codecs::{Codec, CodecError};
 pub mod carrier;
 pub mod native;
 pub mod plivo;
+pub mod realtime;
 pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
@@ -141,6 +143,16 @@ pub enum ProtocolError {
     /// `streamSid`): a call out of order by the session, nothing was written. Skip.
     #[error("outbound message before start")]
     NotStarted,
+    /// An event the protocol defines but voxroute cannot carry to every provider (OpenAI
+    /// Realtime's `response.create`, `conversation.item.create`, ...): refused, not dropped
+    /// silently. Skip.
+    #[error("event `{0}` is not supported by voxroute")]
+    UnsupportedEvent(&'static str),
+    /// A setting the protocol defines but voxroute does not take per session (OpenAI
+    /// Realtime's `session.instructions`: the route's provider settings hold it). The whole
+    /// message is refused. Skip.
+    #[error("field `{0}` is not supported by voxroute")]
+    UnsupportedField(&'static str),
 }
 
 impl ProtocolError {
@@ -178,6 +190,8 @@ impl ProtocolError {
             ProtocolError::BadAudioFormat(_) => "bad_audio_format",
             ProtocolError::ProviderAndRoute => "provider_and_route",
             ProtocolError::NotStarted => "not_started",
+            ProtocolError::UnsupportedEvent(_) => "unsupported_event",
+            ProtocolError::UnsupportedField(_) => "unsupported_field",
         }
     }
 }
@@ -425,6 +439,8 @@ mod tests {
             ProtocolError::BadAudioFormat(CodecError::EmptyPayload),
             ProtocolError::ProviderAndRoute,
             ProtocolError::NotStarted,
+            ProtocolError::UnsupportedEvent("x"),
+            ProtocolError::UnsupportedField("x"),
         ];
         let mut codes: Vec<&str> = all.iter().map(ProtocolError::code).collect();
         for code in &codes {

@@ -29,7 +29,7 @@
 //! | `audio` | [`ProviderEvent::Audio`] at [`OUTPUT_SAMPLE_RATE_HZ`], unless already interrupted (below) |
 //! | `interruption` | [`ProviderEvent::SpeechStarted`] (barge-in) |
 //! | `user_transcript` | final `Transcript` of the caller's words |
-//! | `agent_response` | final `Transcript` of the agent's words |
+//! | `agent_response` | final [`ProviderEvent::ReplyTranscript`] of the agent's words (the protocol has no end-of-reply event, so no [`ProviderEvent::ReplyDone`]) |
 //! | `ping` | a `pong` frame with the same `event_id` |
 //! | `client_tool_call` | a `client_tool_result` frame with `is_error: true`: voxroute runs no client tools, and an unanswered call would stall the agent |
 //! | `error` (shape unverified) | non-fatal [`ProviderError::Provider`] |
@@ -40,7 +40,7 @@
 //!   caller cut off.
 //! - **`agent_response_correction`** (the agent's words trimmed to what the caller heard before
 //!   interrupting) is ignored: the `agent_response` it corrects was already sent as final,
-//!   and [`ProviderEvent::Transcript`] has no way to revise a final transcript.
+//!   and [`ProviderEvent::ReplyTranscript`] has no way to revise a final transcript.
 //! - **`ping_ms`** is not honoured: a sans-IO adapter cannot wait, so the `pong` goes at once.
 //! - Empty transcripts are ignored.
 //!
@@ -420,7 +420,14 @@ impl ProviderAdapter for ElevenLabsAdapter {
                     .ok_or(ProviderError::bad_frame(
                         "ElevenLabs agent_response has no agent_response text",
                     ))?;
-                emit_final_or_ignore(text.to_owned(), out);
+                if text.is_empty() {
+                    out.ignore();
+                } else {
+                    out.emit(ProviderEvent::ReplyTranscript {
+                        text: text.to_owned(),
+                        is_final: true,
+                    });
+                }
             }
             "client_tool_call" => {
                 let call_id = event
@@ -761,7 +768,7 @@ mod tests {
         );
         assert_eq!(
             out.events(),
-            &[ProviderEvent::Transcript {
+            &[ProviderEvent::ReplyTranscript {
                 text: "Sure, how can I help?".into(),
                 is_final: true
             }]

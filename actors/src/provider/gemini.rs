@@ -30,10 +30,11 @@
 //! - **Transcripts**: Gemini sends transcription in pieces. The adapter joins the pieces of
 //!   the current caller utterance (`inputTranscription`) and of the current model turn
 //!   (`outputTranscription`) and emits the text so far as an interim
-//!   [`ProviderEvent::Transcript`] after each piece, and the whole text as a final one when
-//!   the piece says `finished` (input), the turn completes (`turnComplete`, both), the model
-//!   is interrupted (output) or the conversation is finished. Input and output transcripts
-//!   share the one event type; they alternate with the turns.
+//!   [`ProviderEvent::Transcript`] (the caller's) or [`ProviderEvent::ReplyTranscript`] (the
+//!   model's) after each piece, and the whole text as a final one when the piece says
+//!   `finished` (input), the turn completes (`turnComplete`, both), the model is interrupted
+//!   (output) or the conversation is finished. `turnComplete` also becomes
+//!   [`ProviderEvent::ReplyDone`], after the final transcripts.
 //! - **`goAway`**: Gemini will close the connection soon (connections live about 10 min).
 //!   The adapter records the time left ([`GeminiAdapter::go_away_time_left`]) and emits
 //!   [`ProviderEvent::GoAway`] with the newest resumption handle: the session then opens a
@@ -320,13 +321,18 @@ impl GeminiAdapter {
         if content.interrupted {
             // Barge-in first: the session flushes the audio it queued for the caller.
             out.emit(ProviderEvent::SpeechStarted);
-            emit_final(&mut self.output_transcript, out);
+            emit_final(&mut self.output_transcript, Speaker::Reply, out);
             used = true;
         }
         if let Some(piece) = content.input_transcription {
-            add_piece(&mut self.input_transcript, &piece.text, out);
+            add_piece(
+                &mut self.input_transcript,
+                &piece.text,
+                Speaker::Caller,
+                out,
+            );
             if piece.finished {
-                emit_final(&mut self.input_transcript, out);
+                emit_final(&mut self.input_transcript, Speaker::Caller, out);
             }
             used = true;
         }
@@ -348,12 +354,18 @@ impl GeminiAdapter {
             }
         }
         if let Some(piece) = content.output_transcription {
-            add_piece(&mut self.output_transcript, &piece.text, out);
+            add_piece(
+                &mut self.output_transcript,
+                &piece.text,
+                Speaker::Reply,
+                out,
+            );
             used = true;
         }
         if content.turn_complete {
-            emit_final(&mut self.input_transcript, out);
-            emit_final(&mut self.output_transcript, out);
+            emit_final(&mut self.input_transcript, Speaker::Caller, out);
+            emit_final(&mut self.output_transcript, Speaker::Reply, out);
+            out.emit(ProviderEvent::ReplyDone);
             used = true;
         }
         used
@@ -396,29 +408,41 @@ fn mime_rate_hz(mime_type: &str) -> Option<u32> {
         .and_then(|rate| rate.trim().parse().ok())
 }
 
+/// Whose words a transcript holds: the caller's (`inputTranscription`) or the model's
+/// (`outputTranscription`).
+#[derive(Debug, Clone, Copy)]
+enum Speaker {
+    Caller,
+    Reply,
+}
+
+impl Speaker {
+    fn transcript(self, text: &str, is_final: bool) -> ProviderEvent {
+        let text = text.to_owned();
+        match self {
+            Speaker::Caller => ProviderEvent::Transcript { text, is_final },
+            Speaker::Reply => ProviderEvent::ReplyTranscript { text, is_final },
+        }
+    }
+}
+
 /// Adds one transcription piece to `buffer` and emits the text so far as interim.
-fn add_piece(buffer: &mut String, piece: &str, out: &mut AdapterOutput) {
+fn add_piece(buffer: &mut String, piece: &str, speaker: Speaker, out: &mut AdapterOutput) {
     if piece.is_empty() {
         return;
     }
     buffer.push_str(piece);
     let text = buffer.trim();
     if !text.is_empty() {
-        out.emit(ProviderEvent::Transcript {
-            text: text.to_owned(),
-            is_final: false,
-        });
+        out.emit(speaker.transcript(text, false));
     }
 }
 
 /// Emits the text in `buffer` as final (unless it is blank) and empties it.
-fn emit_final(buffer: &mut String, out: &mut AdapterOutput) {
+fn emit_final(buffer: &mut String, speaker: Speaker, out: &mut AdapterOutput) {
     let text = buffer.trim();
     if !text.is_empty() {
-        out.emit(ProviderEvent::Transcript {
-            text: text.to_owned(),
-            is_final: true,
-        });
+        out.emit(speaker.transcript(text, true));
     }
     buffer.clear();
 }
@@ -556,8 +580,8 @@ impl ProviderAdapter for GeminiAdapter {
             ProviderCommand::Dtmf { .. } => {}
             ProviderCommand::Finish => {
                 self.finished = true;
-                emit_final(&mut self.input_transcript, out);
-                emit_final(&mut self.output_transcript, out);
+                emit_final(&mut self.input_transcript, Speaker::Caller, out);
+                emit_final(&mut self.output_transcript, Speaker::Reply, out);
                 out.send(WsFrame::Text(AUDIO_STREAM_END_MESSAGE.to_owned()));
                 out.close(CLOSE_NORMAL, "");
             }
@@ -712,6 +736,13 @@ mod tests {
         }
     }
 
+    fn reply(text: &str, is_final: bool) -> ProviderEvent {
+        ProviderEvent::ReplyTranscript {
+            text: text.into(),
+            is_final,
+        }
+    }
+
     /// The Live API URL with no query string; the key only in `x-goog-api-key`, hidden by
     /// both `Debug`s; no key, no header.
     #[test]
@@ -850,31 +881,32 @@ mod tests {
             ),
             (
                 r#"{"serverContent": {"outputTranscription": {"text": "Sure,"}}}"#,
-                vec![transcript("Sure,", false)],
+                vec![reply("Sure,", false)],
             ),
             (
                 r#"{"serverContent": {"outputTranscription": {"text": " one moment"}}}"#,
-                vec![transcript("Sure, one moment", false)],
+                vec![reply("Sure, one moment", false)],
             ),
             (
                 r#"{"serverContent": {"turnComplete": true}}"#,
-                vec![transcript("Sure, one moment", true)],
+                vec![reply("Sure, one moment", true), ProviderEvent::ReplyDone],
             ),
             (
                 r#"{"serverContent": {"outputTranscription": {"text": "Your table is"}}}"#,
-                vec![transcript("Your table is", false)],
+                vec![reply("Your table is", false)],
             ),
             (
                 r#"{"serverContent": {"interrupted": true}}"#,
-                vec![
-                    ProviderEvent::SpeechStarted,
-                    transcript("Your table is", true),
-                ],
+                vec![ProviderEvent::SpeechStarted, reply("Your table is", true)],
             ),
             // snake_case, as the SDK's own types spell it.
             (
                 r#"{"server_content": {"input_transcription": {"text": "wait"}, "turn_complete": true}}"#,
-                vec![transcript("wait", false), transcript("wait", true)],
+                vec![
+                    transcript("wait", false),
+                    transcript("wait", true),
+                    ProviderEvent::ReplyDone,
+                ],
             ),
         ];
         for (text, events) in script {
@@ -899,7 +931,10 @@ mod tests {
         );
         assert_eq!(
             decode_ok(&mut adapter, WsFrameRef::Binary(audio.as_bytes())),
-            (vec![ProviderEvent::Audio(vec![-2, 3])], 0)
+            (
+                vec![ProviderEvent::Audio(vec![-2, 3]), ProviderEvent::ReplyDone],
+                0
+            )
         );
     }
 
@@ -1020,7 +1055,7 @@ mod tests {
         );
         assert_eq!(
             out.events(),
-            &[ProviderEvent::Audio(vec![5, 6]), transcript("Hi", false)]
+            &[ProviderEvent::Audio(vec![5, 6]), reply("Hi", false)]
         );
     }
 

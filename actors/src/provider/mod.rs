@@ -81,15 +81,29 @@ pub enum ProviderEvent {
     Ready,
     /// Audio for the caller: mono PCM16 at the provider's rate, any length.
     Audio(Vec<i16>),
-    /// Text the provider recognised or produced.
+    /// Text the provider recognised from the caller (for a speech-to-text provider, all its
+    /// text).
     Transcript {
         /// The text.
         text: String,
         /// Whether the provider will not revise it.
         is_final: bool,
     },
+    /// The words of the provider's own spoken reply (a speech-to-speech model's transcript
+    /// of what it says). Interim ones hold the reply's words so far, like interim
+    /// [`Transcript`](Self::Transcript)s.
+    ReplyTranscript {
+        /// The text.
+        text: String,
+        /// Whether the provider will not revise it (the reply's words are complete).
+        is_final: bool,
+    },
     /// The provider heard the caller start speaking: drop queued outbound audio (barge-in).
     SpeechStarted,
+    /// The provider heard the caller stop speaking (its turn detection ended the turn).
+    SpeechStopped,
+    /// The provider finished its reply: no more audio or reply words for this turn.
+    ReplyDone,
     /// The provider reported an error; `fatal` errors end (or fail over) the session.
     Error {
         /// What the provider said, for the caller's `error` event and the logs.

@@ -29,13 +29,15 @@
 //! |---|---|
 //! | `session.created` (or `session.updated`), the first | [`ProviderEvent::Ready`] |
 //! | `response.output_audio.delta`, beta `response.audio.delta` | [`ProviderEvent::Audio`] at [`OUTPUT_SAMPLE_RATE_HZ`] |
-//! | `response.output_audio_transcript.delta`, beta `response.audio_transcript.delta` | interim `Transcript` of the model's words |
-//! | `response.output_audio_transcript.done`, beta `response.audio_transcript.done` | final `Transcript` of the model's words |
+//! | `response.output_audio_transcript.delta`, beta `response.audio_transcript.delta` | interim [`ProviderEvent::ReplyTranscript`] (the model's words) |
+//! | `response.output_audio_transcript.done`, beta `response.audio_transcript.done` | final [`ProviderEvent::ReplyTranscript`] |
 //! | `conversation.item.input_audio_transcription.completed` | final `Transcript` of the caller's words |
 //! | `conversation.item.input_audio_transcription.failed` | non-fatal [`ProviderError::Provider`] |
 //! | `input_audio_buffer.speech_started` | [`ProviderEvent::SpeechStarted`] (barge-in; the server cancels its response itself) |
+//! | `input_audio_buffer.speech_stopped` | [`ProviderEvent::SpeechStopped`] |
+//! | `response.done` | [`ProviderEvent::ReplyDone`] |
 //! | `error` | a [`ProviderError`], see below |
-//! | anything else (`rate_limits.updated`, `response.done`, text deltas, ...) | ignored and counted |
+//! | anything else (`rate_limits.updated`, text deltas, ...) | ignored and counted |
 //!
 //! Interim transcripts are cumulative, like other providers' interim results: each one holds
 //! the model's words so far in the current output item, not just the new delta. Transcription
@@ -252,7 +254,7 @@ impl OpenAiAdapter {
         match event.delta.get() {
             Some(delta) if !delta.is_empty() => {
                 self.transcript.push_str(delta);
-                out.emit(ProviderEvent::Transcript {
+                out.emit(ProviderEvent::ReplyTranscript {
                     text: self.transcript.clone(),
                     is_final: false,
                 });
@@ -274,7 +276,14 @@ impl OpenAiAdapter {
             self.transcript.clear();
             self.transcript_item.clear();
         }
-        emit_final_or_ignore(text, out);
+        if text.is_empty() {
+            out.ignore();
+        } else {
+            out.emit(ProviderEvent::ReplyTranscript {
+                text,
+                is_final: true,
+            });
+        }
     }
 }
 
@@ -368,6 +377,8 @@ impl ProviderAdapter for OpenAiAdapter {
                 });
             }
             "input_audio_buffer.speech_started" => out.emit(ProviderEvent::SpeechStarted),
+            "input_audio_buffer.speech_stopped" => out.emit(ProviderEvent::SpeechStopped),
+            "response.done" => out.emit(ProviderEvent::ReplyDone),
             "error" => return Err(ErrorDetails::parse(text).into_error()),
             _ => out.ignore(),
         }
@@ -745,15 +756,15 @@ mod tests {
             assert_eq!(
                 events,
                 vec![
-                    ProviderEvent::Transcript {
+                    ProviderEvent::ReplyTranscript {
                         text: "Sure".into(),
                         is_final: false
                     },
-                    ProviderEvent::Transcript {
+                    ProviderEvent::ReplyTranscript {
                         text: "Sure, one moment.".into(),
                         is_final: false
                     },
-                    ProviderEvent::Transcript {
+                    ProviderEvent::ReplyTranscript {
                         text: "Sure, one moment.".into(),
                         is_final: true
                     },
@@ -772,7 +783,7 @@ mod tests {
         );
         assert_eq!(
             out.events(),
-            &[ProviderEvent::Transcript {
+            &[ProviderEvent::ReplyTranscript {
                 text: "New".into(),
                 is_final: false
             }]
@@ -783,22 +794,32 @@ mod tests {
         );
         assert_eq!(
             out.events(),
-            &[ProviderEvent::Transcript {
+            &[ProviderEvent::ReplyTranscript {
                 text: "New".into(),
                 is_final: true
             }]
         );
 
+        // The caller's turn ends, and the model's reply is complete.
+        let out = decode_ok(
+            &mut adapter,
+            r#"{"type": "input_audio_buffer.speech_stopped", "event_id": "event_3", "audio_end_ms": 2300, "item_id": "item_2"}"#,
+        );
+        assert_eq!(out.events(), &[ProviderEvent::SpeechStopped]);
+        let out = decode_ok(
+            &mut adapter,
+            r#"{"type": "response.done", "response": {"status": "cancelled"}}"#,
+        );
+        assert_eq!(out.events(), &[ProviderEvent::ReplyDone]);
+
         // Events voxroute does not use, and a known field of an unexpected type.
         for text in [
             r#"{"type": "rate_limits.updated", "event_id": "event_8",
                 "rate_limits": [{"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 60}]}"#,
-            r#"{"type": "input_audio_buffer.speech_stopped", "event_id": "event_3", "audio_end_ms": 2300, "item_id": "item_2"}"#,
             r#"{"type": "input_audio_buffer.committed", "item_id": "item_2", "previous_item_id": null}"#,
             r#"{"type": "conversation.item.input_audio_transcription.delta", "event_id": "event_5",
                 "item_id": "item_2", "content_index": 0, "delta": "Hel"}"#,
             r#"{"type": "response.output_text.delta", "delta": "hi"}"#,
-            r#"{"type": "response.done", "response": {"status": "cancelled"}}"#,
             r#"{"type": "conversation.item.input_audio_transcription.completed", "transcript": ""}"#,
             r#"{"type": "response.created", "delta": {"unexpected": ["object"]}, "transcript": 7}"#,
         ] {

@@ -11,6 +11,7 @@ use crate::close_reason::SessionCloseReason;
 use crate::protocol::carrier::{CarrierInbound, CarrierOutbound};
 use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
 use crate::protocol::plivo::PlivoCodec;
+use crate::protocol::realtime::{RealtimeCodec, RealtimeInbound, SessionEventKind};
 use crate::protocol::telnyx::TelnyxCodec;
 use crate::protocol::twilio::TwilioCodec;
 use crate::protocol::vonage::VonageCodec;
@@ -102,6 +103,11 @@ pub enum ClientProtocol {
     Vonage,
     /// Plivo Audio Streams (`/v1/telephony/plivo`).
     Plivo,
+    /// OpenAI Realtime, GA shapes (`/v1/realtime`, [`crate::protocol::realtime`]): there is
+    /// no `start`: the session asks for authorisation as soon as it is created (the route
+    /// comes from the request, the key from the upgrade), in `audio/pcm` at 24 kHz until a
+    /// `session.update` changes the format, which may come at any time.
+    Realtime,
 }
 
 /// Something that happened, for [`SessionCore::handle_input`].
@@ -247,6 +253,8 @@ enum Protocol {
     /// A carrier (Twilio and the others), through its
     /// [`CarrierCodec`](crate::protocol::carrier::CarrierCodec).
     Carrier(Box<CarrierLink>),
+    /// Boxed: it holds the append buffer inline with its state.
+    Realtime(Box<RealtimeCodec>),
 }
 
 impl Protocol {
@@ -254,7 +262,7 @@ impl Protocol {
     fn events(&mut self) -> Option<&mut NativeCodec> {
         match self {
             Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
-            Protocol::Carrier(_) => None,
+            Protocol::Carrier(_) | Protocol::Realtime(_) => None,
         }
     }
 }
@@ -378,7 +386,7 @@ impl std::fmt::Debug for SessionCore {
 impl SessionCore {
     /// A session whose socket was accepted at `accepted_at`, speaking `protocol`.
     pub fn new(protocol: ClientProtocol, config: SessionConfig, accepted_at: Instant) -> Self {
-        SessionCore {
+        let mut core = SessionCore {
             config,
             protocol: match protocol {
                 ClientProtocol::Twilio => {
@@ -395,6 +403,7 @@ impl SessionCore {
                 ClientProtocol::Plivo => {
                     Protocol::Carrier(Box::new(CarrierLink::new(Box::new(PlivoCodec::new()))))
                 }
+                ClientProtocol::Realtime => Protocol::Realtime(Box::default()),
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
@@ -416,7 +425,16 @@ impl SessionCore {
             reconnects: 0,
             failover_gap_ms: None,
             metering: Metering::default(),
+        };
+        if let Protocol::Realtime(codec) = &core.protocol {
+            let request = AuthorizeRequest {
+                api_key: None,
+                target: RouteTarget::Default,
+                format: codec.format(),
+            };
+            core.begin_authorize(request);
         }
+        core
     }
 
     /// Whether the session is over (the driver has been told to close).
@@ -530,6 +548,117 @@ impl SessionCore {
                 Err(error) => self.bad_frame(now, error),
             },
             Protocol::Carrier(_) => self.on_carrier_frame(now, CarrierFrame::Text(text)),
+            Protocol::Realtime(codec) => match codec.decode_text(text) {
+                Ok(inbound) => {
+                    self.good_frame();
+                    self.on_realtime(now, inbound);
+                }
+                Err(error) => self.bad_frame(now, error),
+            },
+        }
+    }
+
+    /// A good OpenAI Realtime client event.
+    fn on_realtime(&mut self, now: Instant, inbound: RealtimeInbound) {
+        let Protocol::Realtime(codec) = &mut self.protocol else {
+            return;
+        };
+        match inbound {
+            RealtimeInbound::Append { len } => self.on_realtime_append(now, len),
+            RealtimeInbound::SessionUpdate { format_changed } => {
+                let format = codec.format();
+                if matches!(self.phase, Phase::Live(_)) {
+                    let text = codec.encode_session(SessionEventKind::Updated);
+                    self.outputs
+                        .push_back(Output::ToClientText(text.to_owned()));
+                } else {
+                    codec.defer_session_updated();
+                }
+                if format_changed {
+                    self.set_client_format(now, format);
+                }
+            }
+            RealtimeInbound::Commit => {
+                let text = codec.encode_committed();
+                self.outputs
+                    .push_back(Output::ToClientText(text.to_owned()));
+            }
+            RealtimeInbound::Clear => {
+                let text = codec.encode_cleared();
+                self.outputs
+                    .push_back(Output::ToClientText(text.to_owned()));
+                if let Phase::Live(live) = &mut self.phase {
+                    live.ingress.reset();
+                }
+            }
+        }
+    }
+
+    /// An `input_audio_buffer.append` of `len` bytes: cut into 20 ms pieces for the ingress
+    /// chain (which takes at most 120 ms at once), each frame forwarded as it completes.
+    fn on_realtime_append(&mut self, now: Instant, len: usize) {
+        let Protocol::Realtime(codec) = &self.protocol else {
+            return;
+        };
+        let audio = &codec.audio()[..len];
+        let piece_len = codec.frame_bytes();
+        match &mut self.phase {
+            Phase::Live(live) => {
+                for piece in audio.chunks(piece_len) {
+                    if let Err(error) = live.ingress.push(piece) {
+                        // The codec checked the length; a refusal here is a bug, not input.
+                        tracing::error!(%error, "realtime audio refused by the ingress chain");
+                        break;
+                    }
+                    drain_ingress(live, &mut self.outputs, &mut self.frames_in);
+                }
+                self.last_audio_at = now;
+                self.first_audio_at.get_or_insert(now);
+            }
+            Phase::Authorizing { pending, .. } => {
+                for piece in audio.chunks(piece_len) {
+                    if pending.len() < MAX_PENDING_PAYLOADS {
+                        pending.push_back(piece.to_vec());
+                    } else {
+                        self.dropped_payloads += 1;
+                    }
+                }
+            }
+            Phase::AwaitingStart | Phase::Ended => self.dropped_payloads += 1,
+        }
+    }
+
+    /// The caller's audio format changed mid-session (OpenAI Realtime's `session.update`):
+    /// payloads held for admission are in the old format and are dropped; a live session's
+    /// chains are rebuilt for the new one.
+    fn set_client_format(&mut self, now: Instant, format: AudioFormat) {
+        match &mut self.phase {
+            Phase::Authorizing {
+                format: held,
+                pending,
+            } => {
+                *held = format;
+                self.dropped_payloads += pending.len() as u64;
+                pending.clear();
+            }
+            Phase::Live(live) => {
+                let chains = IngressChain::new(format, live.provider.sample_rate).and_then(|i| {
+                    EgressChain::new(live.provider.output_sample_rate, format, self.config.opus)
+                        .map(|e| (i, e))
+                });
+                match chains {
+                    Ok((ingress, egress)) => {
+                        live.format = format;
+                        live.ingress = ingress;
+                        live.egress = egress;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot build the codec chains for the new format");
+                        self.end(now, SessionCloseReason::InternalError);
+                    }
+                }
+            }
+            Phase::AwaitingStart | Phase::Ended => {}
         }
     }
 
@@ -541,6 +670,8 @@ impl SessionCore {
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
             // One Opus packet, checked by the decoder in the ingress chain.
             Protocol::WebRtc(_) => Ok(()),
+            // Audio travels in `input_audio_buffer.append`, as text.
+            Protocol::Realtime(_) => Err(ProtocolError::BinaryFrame { len: bytes.len() }),
         };
         match result {
             Ok(()) => {
@@ -700,6 +831,12 @@ impl SessionCore {
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
         }
+        if let Protocol::Realtime(codec) = &mut self.protocol {
+            let outputs = &mut self.outputs;
+            codec.session_created(admission.session_id, &admission.provider.name, |text| {
+                outputs.push_back(Output::ToClientText(text.to_owned()));
+            });
+        }
         self.phase = Phase::Live(Box::new(Live {
             session_id: admission.session_id,
             replay: ReplayRing::new(in_rate, REPLAY_MS),
@@ -773,16 +910,7 @@ impl SessionCore {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        let live = &mut **live;
-        while let Some(frame) = live.ingress.pop_frame() {
-            // During a failover the ring holds the audio until the replay is out.
-            live.replay.push(frame, live.awaiting_ready);
-            if !live.awaiting_ready {
-                self.outputs
-                    .push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
-            }
-            self.frames_in += 1;
-        }
+        drain_ingress(live, &mut self.outputs, &mut self.frames_in);
         self.last_audio_at = now;
         self.first_audio_at.get_or_insert(now);
     }
@@ -796,16 +924,51 @@ impl SessionCore {
             }
             ProviderEvent::Transcript { text, is_final } => {
                 self.on_provider_answered(now);
-                if let Some(codec) = self.protocol.events() {
-                    let text = codec.encode_event(&ServerEvent::Transcript {
-                        text: &text,
-                        is_final,
+                if let Protocol::Realtime(codec) = &mut self.protocol {
+                    // Interim words of the caller are not passed on: the `completed` event
+                    // carries them all.
+                    if is_final {
+                        let text = codec.encode_input_transcript(&text);
+                        self.outputs
+                            .push_back(Output::ToClientText(text.to_owned()));
+                    }
+                }
+                self.native_transcript(&text, is_final);
+            }
+            ProviderEvent::ReplyTranscript { text, is_final } => {
+                self.on_provider_answered(now);
+                if let Protocol::Realtime(codec) = &mut self.protocol {
+                    let outputs = &mut self.outputs;
+                    codec.reply_transcript(&text, is_final, |text| {
+                        outputs.push_back(Output::ToClientText(text.to_owned()));
                     });
+                }
+                self.native_transcript(&text, is_final);
+            }
+            ProviderEvent::SpeechStarted => {
+                if let Protocol::Realtime(codec) = &mut self.protocol {
+                    let outputs = &mut self.outputs;
+                    codec.speech_started(|text| {
+                        outputs.push_back(Output::ToClientText(text.to_owned()));
+                    });
+                }
+                self.flush_outbound();
+            }
+            ProviderEvent::SpeechStopped => {
+                if let Protocol::Realtime(codec) = &mut self.protocol {
+                    let text = codec.encode_speech_stopped();
                     self.outputs
                         .push_back(Output::ToClientText(text.to_owned()));
                 }
             }
-            ProviderEvent::SpeechStarted => self.flush_outbound(),
+            ProviderEvent::ReplyDone => {
+                if let Protocol::Realtime(codec) = &mut self.protocol {
+                    let outputs = &mut self.outputs;
+                    codec.reply_done(|text| {
+                        outputs.push_back(Output::ToClientText(text.to_owned()));
+                    });
+                }
+            }
             ProviderEvent::Error { message, fatal } => {
                 tracing::warn!(fatal, "provider error: {message}");
                 if fatal {
@@ -822,6 +985,15 @@ impl SessionCore {
             ProviderEvent::Closed { error: false } => {
                 self.end(now, SessionCloseReason::ProviderClosed)
             }
+        }
+    }
+
+    /// A transcript for a native (or WebRTC) caller; others have their own events.
+    fn native_transcript(&mut self, text: &str, is_final: bool) {
+        if let Some(codec) = self.protocol.events() {
+            let text = codec.encode_event(&ServerEvent::Transcript { text, is_final });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
         }
     }
 
@@ -912,6 +1084,12 @@ impl SessionCore {
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
         }
+        if let Protocol::Realtime(codec) = &mut self.protocol {
+            let text =
+                codec.encode_provider_switched(&from.name, &live.provider.name, SWITCH_REASON);
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
         // What the failed provider said and the caller has not heard yet is stale: the next
         // provider knows nothing of it.
         self.flush_outbound();
@@ -947,6 +1125,7 @@ impl SessionCore {
             return;
         };
         let mut sent_any = false;
+        let outputs = &mut self.outputs;
         while !pcm.is_empty() {
             let take = pcm.len().min(live.provider_audio.free());
             let (piece, rest) = pcm.split_at(take);
@@ -965,7 +1144,6 @@ impl SessionCore {
                 };
                 match &mut self.protocol {
                     Protocol::Carrier(link) => {
-                        let outputs = &mut self.outputs;
                         let mut emit =
                             |frame: CarrierOutbound<'_>| outputs.push_back(carrier::output(frame));
                         if let Err(error) = link.codec.encode_media(encoded, &mut emit) {
@@ -973,9 +1151,14 @@ impl SessionCore {
                             continue;
                         }
                     }
-                    Protocol::Native(_) | Protocol::WebRtc(_) => self
-                        .outputs
-                        .push_back(Output::ToClientBinary(encoded.to_vec())),
+                    Protocol::Native(_) | Protocol::WebRtc(_) => {
+                        outputs.push_back(Output::ToClientBinary(encoded.to_vec()))
+                    }
+                    Protocol::Realtime(codec) => {
+                        codec.audio_delta(encoded, |text| {
+                            outputs.push_back(Output::ToClientText(text.to_owned()));
+                        });
+                    }
                 }
                 self.frames_out += 1;
                 sent_any = true;
@@ -1029,6 +1212,13 @@ impl SessionCore {
                 }
                 None
             }
+            Protocol::Realtime(codec) => {
+                let outputs = &mut self.outputs;
+                codec.cancel_response(|text| {
+                    outputs.push_back(Output::ToClientText(text.to_owned()));
+                });
+                None
+            }
         };
         if let Some(text) = text {
             self.outputs
@@ -1044,13 +1234,19 @@ impl SessionCore {
         self.bad_frames += 1;
         self.consecutive_bad_frames += 1;
         tracing::debug!(%error, "caller frame refused");
-        if let Some(codec) = self.protocol.events()
-            && self.error_events_sent < MAX_ERROR_EVENTS
-        {
-            self.error_events_sent += 1;
-            let text = codec.encode_protocol_error(&error);
-            self.outputs
-                .push_back(Output::ToClientText(text.to_owned()));
+        if self.error_events_sent < MAX_ERROR_EVENTS {
+            let text = match &mut self.protocol {
+                Protocol::Native(codec) | Protocol::WebRtc(codec) => {
+                    Some(codec.encode_protocol_error(&error))
+                }
+                Protocol::Realtime(codec) => Some(codec.encode_protocol_error(&error)),
+                Protocol::Carrier(_) => None,
+            };
+            if let Some(text) = text {
+                self.error_events_sent += 1;
+                self.outputs
+                    .push_back(Output::ToClientText(text.to_owned()));
+            }
         }
         if error.is_fatal() {
             self.end(now, SessionCloseReason::ClientError);
@@ -1060,13 +1256,20 @@ impl SessionCore {
         }
     }
 
-    /// A native `error` event (Twilio has no channel for one), within the per-session cap.
+    /// An `error` event (carriers have no channel for one), within the per-session cap.
     fn send_error(&mut self, code: &str, message: &str) {
-        if let Some(codec) = self.protocol.events()
-            && self.error_events_sent < MAX_ERROR_EVENTS
-        {
+        if self.error_events_sent >= MAX_ERROR_EVENTS {
+            return;
+        }
+        let text = match &mut self.protocol {
+            Protocol::Native(codec) | Protocol::WebRtc(codec) => {
+                Some(codec.encode_event(&ServerEvent::Error { code, message }))
+            }
+            Protocol::Realtime(codec) => Some(codec.encode_error(code, message)),
+            Protocol::Carrier(_) => None,
+        };
+        if let Some(text) = text {
             self.error_events_sent += 1;
-            let text = codec.encode_event(&ServerEvent::Error { code, message });
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
         }
@@ -1091,6 +1294,11 @@ impl SessionCore {
         drop(phase);
         if let Some(codec) = self.protocol.events() {
             let text = codec.encode_event(&ServerEvent::SessionEnded { reason });
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        if let Protocol::Realtime(codec) = &mut self.protocol {
+            let text = codec.encode_session_ended(reason);
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
         }
@@ -1136,6 +1344,19 @@ fn switch_chains(
         live.provider_audio = FrameAssembler::new(frame, capacity);
     }
     Ok(())
+}
+
+/// Sends the ingress chain's complete frames to the provider (or, during a failover, only to
+/// the replay ring), counting them in `frames_in`.
+fn drain_ingress(live: &mut Live, outputs: &mut VecDeque<Output>, frames_in: &mut u64) {
+    while let Some(frame) = live.ingress.pop_frame() {
+        // During a failover the ring holds the audio until the replay is out.
+        live.replay.push(frame, live.awaiting_ready);
+        if !live.awaiting_ready {
+            outputs.push_back(Output::ToProvider(ProviderCommand::Audio(frame.to_vec())));
+        }
+        *frames_in += 1;
+    }
 }
 
 fn millis(duration: Duration) -> i64 {

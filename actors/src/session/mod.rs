@@ -1,8 +1,9 @@
 //! One live session, as a sans-IO state machine: [`SessionCore`].
 //!
 //! The core owns everything a session keeps while it is live: the caller protocol's codec
-//! (native, or a carrier's, Twilio's included, through
-//! [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the DSP chains of `voxroute-codecs`, the framing of provider audio, the
+//! (native, OpenAI Realtime, or a carrier's, Twilio's included, through
+//! [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the DSP
+//! chains of `voxroute-codecs`, the framing of provider audio, the
 //! barge-in flush, the idle timer and the counters that end up in the session record. It does
 //! no I/O and reads no clock: the driver (the app's WebSocket actor) feeds it inputs with the
 //! current time and carries out its outputs.
@@ -36,7 +37,8 @@
 //! core does not end the session: it emits [`Output::StartProvider`] with the next one (the
 //! driver replaces the connection and from then on feeds only the new connection's events),
 //! rebuilds the codec chains if the rates differ, drops the stale outbound audio (a `clear` to
-//! the caller), tells a native caller with `provider.switched` (Twilio has no event channel),
+//! the caller), tells a native caller with `provider.switched` (an OpenAI Realtime caller with
+//! `voxroute.provider_switched`; Twilio has no event channel),
 //! and counts the failover in the record. Caller audio is recorded all along in a ring of the
 //! last [`REPLAY_MS`] (allocated once); while the new provider connects, caller audio only
 //! goes into the ring, and when it is `Ready` the whole ring is replayed to it, oldest first,

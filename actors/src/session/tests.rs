@@ -977,3 +977,147 @@ fn providers_are_labelled_with_the_session_id() {
     };
     assert_eq!(settings.user_id, Some(session_id.to_string()));
 }
+
+/// The JSON texts among `outputs`.
+fn client_events(outputs: &[Output]) -> Vec<serde_json::Value> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToClientText(text) => Some(serde_json::from_str(text).expect("JSON")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An OpenAI Realtime session: authorised at once (no `start`), an update before admission
+/// answered right after `session.created`, a 100 ms append cut into five 20 ms provider
+/// frames, a binary frame refused with an `error`, provider audio back as deltas inside a
+/// response, the reply's end and barge-in as OpenAI events, a failover announced with
+/// `voxroute.provider_switched`, and the end as `voxroute.session_ended`.
+#[test]
+fn realtime_session_speaks_openai_events() {
+    let t0 = Instant::now();
+    let mut core = SessionCore::new(ClientProtocol::Realtime, SessionConfig::default(), t0);
+    let (outputs, _) = drain(&mut core);
+    match outputs.as_slice() {
+        [Output::Authorize(request)] => {
+            assert_eq!(request.api_key, None);
+            assert_eq!(request.target, RouteTarget::Default);
+            assert_eq!(request.format.sample_rate, SampleRate::HZ_24000);
+        }
+        other => panic!("expected one Authorize, got {other:?}"),
+    }
+    core.handle_input(
+        t0,
+        Input::ClientText(r#"{"type":"session.update","session":{"audio":{"input":{"format":{"type":"audio/pcmu"}}}}}"#),
+    );
+    assert!(client_events(&drain(&mut core).0).is_empty());
+    let session_id = Uuid::now_v7();
+    let mut fallback = echo_spec();
+    fallback.name = "echo-b".into();
+    core.handle_input(
+        t0,
+        Input::Admitted(Admission {
+            session_id,
+            provider: echo_spec(),
+            fallbacks: vec![fallback],
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    let events = client_events(&outputs);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["session.created", "session.updated"]);
+    assert_eq!(events[0]["session"]["id"], session_id.to_string());
+    assert_eq!(
+        events[1]["session"]["audio"]["input"]["format"]["type"],
+        "audio/pcmu"
+    );
+
+    // 100 ms of mu-law: five 20 ms frames at the provider's 16 kHz.
+    let b64 = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 800]);
+    let append = format!(r#"{{"type":"input_audio_buffer.append","audio":"{b64}"}}"#);
+    core.handle_input(t0, Input::ClientText(&append));
+    let (outputs, _) = drain(&mut core);
+    let frames: Vec<usize> = outputs
+        .iter()
+        .map(|o| match o {
+            Output::ToProvider(ProviderCommand::Audio(frame)) => frame.len(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(frames, vec![320; 5]);
+    core.handle_input(t0, Input::ClientBinary(&[0; 10]));
+    let events = client_events(&drain(&mut core).0);
+    assert_eq!(events[0]["error"]["code"], "binary_frame");
+
+    // 40 ms of provider audio: a response with two 20 ms mu-law deltas; then its end.
+    core.handle_input(t0, Input::Provider(ProviderEvent::Audio(vec![0; 640])));
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::ReplyTranscript {
+            text: "Hi.".into(),
+            is_final: true,
+        }),
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::ReplyDone));
+    let events = client_events(&drain(&mut core).0);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.output_audio.delta",
+            "response.output_audio.delta",
+            "response.output_audio_transcript.delta",
+            "response.output_audio_transcript.done",
+            "response.output_audio.done",
+            "response.done",
+        ]
+    );
+    let delta = base64::engine::general_purpose::STANDARD
+        .decode(events[1]["delta"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(delta.len(), 160);
+
+    // Barge-in mid-reply, the caller's words, and a failover.
+    core.handle_input(t0, Input::Provider(ProviderEvent::Audio(vec![0; 320])));
+    core.handle_input(t0, Input::Provider(ProviderEvent::SpeechStarted));
+    core.handle_input(t0, Input::Provider(ProviderEvent::SpeechStopped));
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::Transcript {
+            text: "wait".into(),
+            is_final: true,
+        }),
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::StartProvider(spec) if spec.name == "echo-b"))
+    );
+    let events = client_events(&outputs);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.output_audio.delta",
+            "response.output_audio.done",
+            "response.done",
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "conversation.item.input_audio_transcription.completed",
+            "voxroute.provider_switched",
+        ]
+    );
+    assert_eq!(events[3]["response"]["status"], "cancelled");
+    assert_eq!(events[7]["to"], "echo-b");
+
+    core.handle_input(t0, Input::ClientClosed);
+    let (outputs, _) = drain(&mut core);
+    let events = client_events(&outputs);
+    assert_eq!(events.last().unwrap()["reason"], "CLIENT_HANGUP");
+    assert!(matches!(outputs.last(), Some(Output::Close(outcome)) if outcome.failovers == 1));
+}
