@@ -16,6 +16,7 @@ mod compose;
 mod data_promises;
 mod failover;
 mod harness;
+mod listen;
 mod loadtest;
 mod operations;
 #[cfg(feature = "otel")]

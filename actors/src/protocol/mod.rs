@@ -2,7 +2,8 @@
 //! messages in, frame text out.
 //!
 //! - [`twilio`]: Twilio Media Streams, bidirectional (`GET /v1/telephony/twilio`);
-//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference.
+//! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference;
+//! - [`listen`]: Deepgram-compatible live transcription (`GET /v1/listen`).
 //!
 //! This module owns what both share: [`ProtocolError`] (one enum, with
 //! [`is_fatal`](ProtocolError::is_fatal) and a stable [`code`](ProtocolError::code)),
@@ -34,11 +35,13 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::DecodeSliceError;
+use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use voxroute_codecs::{Codec, CodecError};
 
+pub mod listen;
 pub mod native;
 pub mod twilio;
 

@@ -142,6 +142,25 @@ impl ProviderSpec {
         spec
     }
 
+    /// The same provider set up to transcribe the caller only, for a transcription session
+    /// (`/v1/listen`), or `None` when it cannot deliver the caller's words apart from its own:
+    /// Deepgram as it is (it transcribes the caller and says nothing); Gemini with input
+    /// transcription on and output transcription off, so that every transcript it sends is
+    /// the caller's. OpenAI Realtime is `None`: its adapter reports the caller's and the
+    /// model's transcripts as the same event. Echo, ws-pcm and ElevenLabs are `None` too.
+    pub fn for_transcription(&self) -> Option<ProviderSpec> {
+        let mut spec = self.clone();
+        match &mut spec.kind {
+            ProviderKind::Deepgram(_) => {}
+            ProviderKind::Gemini(settings) => {
+                settings.transcribe_input = true;
+                settings.transcribe_output = false;
+            }
+            _ => return None,
+        }
+        Some(spec)
+    }
+
     /// The same provider for a new connection that resumes the conversation of `handle`
     /// (after [`ProviderEvent::GoAway`]): for Gemini the handle goes in the setup's
     /// `sessionResumption`; providers without resumption get an unchanged copy.

@@ -8,6 +8,7 @@ use voxroute_codecs::opus::OpusEncoderConfig;
 use voxroute_codecs::{AudioFormat, EgressChain, FrameAssembler, IngressChain};
 
 use crate::close_reason::SessionCloseReason;
+use crate::protocol::listen::{ListenCodec, ListenInbound, ListenOptions, ResultsMessage};
 use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
 use crate::protocol::twilio::{TwilioCodec, TwilioInbound};
 use crate::protocol::{ProtocolError, RouteTarget};
@@ -58,6 +59,15 @@ const REPLAY_BURST_FRAMES: usize = 20;
 /// Pause between two replay bursts (20 times faster than real time).
 const REPLAY_BURST_INTERVAL: Duration = Duration::from_millis(10);
 
+/// [`ClientProtocol::Listen`]: the session ends when neither audio nor `KeepAlive` came for
+/// this long (or [`SessionConfig::idle_timeout`], if shorter), as Deepgram closes a stream
+/// after 10 s (protocols.md §4).
+pub const LISTEN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`ClientProtocol::Listen`]: after `CloseStream`, how long the provider may take to send
+/// its last transcripts and close before the session ends anyway.
+pub const CLOSE_STREAM_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The `reason` of a native `provider.switched` event: the failed provider's failure.
 const SWITCH_REASON: &str = "PROVIDER_ERROR";
 
@@ -91,6 +101,11 @@ pub enum ClientProtocol {
     /// order (the driver's jitter buffer has reordered them) and a lost packet is
     /// [`Input::ClientLost`]; events are the native protocol's, as data channel text.
     WebRtc,
+    /// Deepgram-compatible live transcription (`/v1/listen`): the start comes from the HTTP
+    /// request's query string ([`Input::ClientStart`]), binary frames are raw audio, text
+    /// frames Deepgram's control messages; provider transcripts go out as `Results`, provider
+    /// audio is dropped. See [`crate::protocol::listen`].
+    Listen(ListenOptions),
 }
 
 /// Something that happened, for [`SessionCore::handle_input`].
@@ -103,7 +118,8 @@ pub enum Input<'a> {
     /// The caller's socket closed.
     ClientClosed,
     /// The caller's start, learned outside the media channel ([`ClientProtocol::WebRtc`]:
-    /// the HTTP offer's key, query and negotiated codec). Ignored by the other protocols.
+    /// the HTTP offer's key, query and negotiated codec; [`ClientProtocol::Listen`]: the
+    /// upgrade's query string). Ignored by the other protocols.
     ClientStart(AuthorizeRequest),
     /// [`ClientProtocol::WebRtc`]: the caller's next packet is lost; `next` is the packet
     /// after it when it has already arrived (its in-band FEC rebuilds the lost one), else the
@@ -234,6 +250,8 @@ enum Protocol {
     Native(NativeCodec),
     /// The native codec writes the data channel's events; media does not go through it.
     WebRtc(NativeCodec),
+    /// Deepgram's live transcription; boxed, as it holds the audio's running hash.
+    Listen(Box<ListenCodec>),
 }
 
 impl Protocol {
@@ -241,7 +259,7 @@ impl Protocol {
     fn events(&mut self) -> Option<&mut NativeCodec> {
         match self {
             Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
-            Protocol::Twilio(_) => None,
+            Protocol::Twilio(_) | Protocol::Listen(_) => None,
         }
     }
 }
@@ -270,6 +288,9 @@ struct Live {
     /// When the provider last failed, until the replacement's first audio or transcript:
     /// the failover gap runs from here.
     failed_at: Option<Instant>,
+    /// [`ClientProtocol::Listen`] after `CloseStream`: the provider was told to finish, and
+    /// the session ends when it closes or at this instant, whichever comes first.
+    closing_until: Option<Instant>,
 }
 
 enum Phase {
@@ -365,6 +386,9 @@ impl SessionCore {
                 ClientProtocol::Twilio => Protocol::Twilio(TwilioCodec::new()),
                 ClientProtocol::Native => Protocol::Native(NativeCodec::new()),
                 ClientProtocol::WebRtc => Protocol::WebRtc(NativeCodec::new()),
+                ClientProtocol::Listen(options) => {
+                    Protocol::Listen(Box::new(ListenCodec::new(options)))
+                }
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
@@ -412,7 +436,7 @@ impl SessionCore {
             Input::ClientBinary(bytes) => self.on_client_binary(now, bytes),
             Input::ClientClosed => self.end(now, SessionCloseReason::ClientHangup),
             Input::ClientStart(request) => {
-                if matches!(self.protocol, Protocol::WebRtc(_)) {
+                if matches!(self.protocol, Protocol::WebRtc(_) | Protocol::Listen(_)) {
                     self.begin_authorize(request);
                 }
             }
@@ -448,9 +472,20 @@ impl SessionCore {
     fn phase_deadline(&self) -> Instant {
         match &self.phase {
             Phase::AwaitingStart | Phase::Authorizing { .. } => self.accepted_at + START_TIMEOUT,
-            Phase::Live(_) => self.last_audio_at + self.config.idle_timeout,
+            Phase::Live(live) => match live.closing_until {
+                Some(until) => until,
+                None => self.last_audio_at + self.idle_timeout(),
+            },
             // Nothing will happen again; any far instant will do.
             Phase::Ended => self.accepted_at + Duration::from_secs(86_400),
+        }
+    }
+
+    /// How long the caller may send nothing before the session ends.
+    fn idle_timeout(&self) -> Duration {
+        match self.protocol {
+            Protocol::Listen(_) => self.config.idle_timeout.min(LISTEN_IDLE_TIMEOUT),
+            _ => self.config.idle_timeout,
         }
     }
 
@@ -463,7 +498,12 @@ impl SessionCore {
         if now < self.phase_deadline() {
             return;
         }
-        let reason = match self.phase {
+        let reason = match &self.phase {
+            // The provider did not close in time after `CloseStream`: end the stream anyway.
+            Phase::Live(live) if live.closing_until.is_some() => {
+                self.finish_stream(now);
+                return;
+            }
             Phase::Live(_) => SessionCloseReason::IdleTimeout,
             _ => {
                 self.send_error("start_timeout", "no start message in time");
@@ -517,11 +557,83 @@ impl SessionCore {
                 }
                 Err(error) => self.bad_frame(now, error),
             },
+            Protocol::Listen(codec) => match codec.decode_text(text) {
+                Ok(ListenInbound::KeepAlive) => {
+                    // Deepgram's idle timer counts KeepAlive like audio.
+                    self.good_frame();
+                    self.last_audio_at = now;
+                }
+                // There is no provider-neutral way to force a final result: the audio sent
+                // so far is being transcribed already, and its finals come as the provider
+                // makes them (see the README's limits).
+                Ok(ListenInbound::Finalize) => self.good_frame(),
+                Ok(ListenInbound::CloseStream) => {
+                    self.good_frame();
+                    self.on_close_stream(now);
+                }
+                Err(error) => {
+                    let ends = ListenCodec::ends_stream(&error);
+                    self.bad_frame(now, error);
+                    if ends {
+                        self.end(now, SessionCloseReason::ClientError);
+                    }
+                }
+            },
         }
     }
 
+    /// `CloseStream`: the provider finishes (its last transcripts still go out as `Results`),
+    /// then `Metadata` and the end. Before admission there is nothing to finish.
+    fn on_close_stream(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Live(live) => {
+                if live.closing_until.is_some() {
+                    return;
+                }
+                live.closing_until = Some(now + CLOSE_STREAM_FLUSH_TIMEOUT);
+                self.outputs
+                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+            }
+            _ => self.finish_stream(now),
+        }
+    }
+
+    /// Ends a [`ClientProtocol::Listen`] stream the way `CloseStream` asks: `Metadata`, then
+    /// a normal end.
+    fn finish_stream(&mut self, now: Instant) {
+        if let (Protocol::Listen(codec), Phase::Live(live)) = (&mut self.protocol, &self.phase) {
+            let text = codec.encode_metadata(live.session_id);
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        self.end(now, SessionCloseReason::ClientHangup);
+    }
+
+    /// Whether a [`ClientProtocol::Listen`] stream is finishing after `CloseStream`.
+    fn is_closing(&self) -> bool {
+        matches!(&self.phase, Phase::Live(live) if live.closing_until.is_some())
+    }
+
     fn on_client_binary(&mut self, now: Instant, bytes: &[u8]) {
+        if self.is_closing() {
+            // After `CloseStream` the stream takes no more audio (nor counts it).
+            self.dropped_payloads += 1;
+            return;
+        }
         let result = match &mut self.protocol {
+            Protocol::Listen(codec) => match codec.decode_binary(bytes) {
+                Ok(_) => {
+                    // Any length up to the codec's limit: the ingress chain takes it in
+                    // pieces and re-frames it to 20 ms.
+                    let piece_bytes = codec.piece_bytes();
+                    self.good_frame();
+                    for piece in bytes.chunks(piece_bytes) {
+                        self.on_audio(now, piece);
+                    }
+                    return;
+                }
+                Err(error) => Err(error),
+            },
             Protocol::Twilio(codec) => codec.decode_binary(bytes).map(|_| ()),
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
             // One Opus packet, checked by the decoder in the ingress chain.
@@ -563,6 +675,18 @@ impl SessionCore {
         admission.provider = admission.provider.for_session(admission.session_id);
         for fallback in &mut admission.fallbacks {
             *fallback = fallback.for_session(admission.session_id);
+        }
+        if matches!(self.protocol, Protocol::Listen(_)) {
+            // The edge refused routes with a provider that cannot transcribe the caller; what
+            // is left is set up to transcribe the caller only.
+            if let Some(spec) = admission.provider.for_transcription() {
+                admission.provider = spec;
+            }
+            admission.fallbacks = admission
+                .fallbacks
+                .iter()
+                .filter_map(ProviderSpec::for_transcription)
+                .collect();
         }
         let Phase::Authorizing { format, pending } =
             std::mem::replace(&mut self.phase, Phase::AwaitingStart)
@@ -618,6 +742,7 @@ impl SessionCore {
             awaiting_ready: false,
             replay_next_at: None,
             failed_at: None,
+            closing_until: None,
         }));
         self.last_audio_at = now;
         for payload in pending {
@@ -627,6 +752,8 @@ impl SessionCore {
 
     fn on_audio(&mut self, now: Instant, payload: &[u8]) {
         match &mut self.phase {
+            // After `CloseStream` the stream takes no more audio.
+            Phase::Live(live) if live.closing_until.is_some() => self.dropped_payloads += 1,
             Phase::Live(live) => {
                 if let Err(error) = live.ingress.push(payload) {
                     tracing::debug!(%error, "caller payload refused");
@@ -694,8 +821,21 @@ impl SessionCore {
     }
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent) {
+        if self.is_closing()
+            && matches!(
+                event,
+                ProviderEvent::Closed { .. } | ProviderEvent::Error { fatal: true, .. }
+            )
+        {
+            // The provider has finished after `CloseStream` (or failed while finishing: no
+            // failover for a stream that is ending).
+            self.finish_stream(now);
+            return;
+        }
         match event {
             ProviderEvent::Ready => self.on_provider_ready(now),
+            // A transcription caller takes no audio (Gemini answers with some).
+            ProviderEvent::Audio(_) if matches!(self.protocol, Protocol::Listen(_)) => {}
             ProviderEvent::Audio(pcm) => {
                 self.on_provider_answered(now);
                 self.on_provider_audio(now, &pcm);
@@ -706,6 +846,19 @@ impl SessionCore {
                     let text = codec.encode_event(&ServerEvent::Transcript {
                         text: &text,
                         is_final,
+                    });
+                    self.outputs
+                        .push_back(Output::ToClientText(text.to_owned()));
+                } else if let (Protocol::Listen(codec), Phase::Live(live)) =
+                    (&mut self.protocol, &self.phase)
+                    && codec.wants(is_final)
+                {
+                    let text = codec.encode_results(&ResultsMessage {
+                        transcript: &text,
+                        is_final,
+                        audio_ms: self.frames_in * u64::from(voxroute_codecs::FRAME_MS),
+                        session_id: live.session_id,
+                        provider: &live.provider.name,
                     });
                     self.outputs
                         .push_back(Output::ToClientText(text.to_owned()));
@@ -880,6 +1033,8 @@ impl SessionCore {
                     Protocol::Native(_) | Protocol::WebRtc(_) => {
                         Output::ToClientBinary(encoded.to_vec())
                     }
+                    // Dropped in `on_provider`: never reached.
+                    Protocol::Listen(_) => continue,
                 };
                 self.outputs.push_back(output);
                 self.frames_out += 1;
@@ -923,6 +1078,8 @@ impl SessionCore {
                 self.outputs.push_back(Output::FlushClientAudio);
                 Some(codec.encode_event(&ServerEvent::Clear))
             }
+            // A transcription caller plays nothing.
+            Protocol::Listen(_) => None,
         };
         if let Some(text) = text {
             self.outputs
@@ -973,8 +1130,11 @@ impl SessionCore {
         }
         let (session_id, provider) = match &phase {
             Phase::Live(live) => {
-                self.outputs
-                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+                // After `CloseStream` the provider was told already.
+                if live.closing_until.is_none() {
+                    self.outputs
+                        .push_back(Output::ToProvider(ProviderCommand::Finish));
+                }
                 self.metering
                     .close_segment(&live.provider.name, self.frames_in, self.frames_out);
                 (Some(live.session_id), live.provider.name.clone())
