@@ -98,8 +98,8 @@ pub(super) async fn listen(
             ));
         }
     };
-    if let Err(response) = check_transcribes(&state.router, &target) {
-        return Ok(response);
+    if let Some(refusal) = refusal_of_route(&state.router, &target) {
+        return Ok(refusal);
     }
     let PreChecked { key, .. } = match pre_session_checks(&req, &state).await {
         Ok(checked) => checked,
@@ -149,31 +149,27 @@ fn model_target(router: &Router, model: Option<&str>) -> RouteTarget {
     .unwrap_or_default()
 }
 
-/// Refuses a target that is unknown, or whose route holds a provider that cannot transcribe
-/// the caller ([`ProviderSpec::for_transcription`](voxroute_actors::provider::ProviderSpec::for_transcription)):
+/// The refusal of a target that is unknown, or whose route holds a provider that cannot
+/// transcribe the caller ([`ProviderSpec::for_transcription`](voxroute_actors::provider::ProviderSpec::for_transcription)):
 /// a failover to it would silence the stream.
-fn check_transcribes(router: &Router, target: &RouteTarget) -> Result<(), HttpResponse> {
-    let resolved = router.resolve(target).map_err(|_| {
-        deepgram_error(
+fn refusal_of_route(router: &Router, target: &RouteTarget) -> Option<HttpResponse> {
+    let Ok(resolved) = router.resolve(target) else {
+        return Some(deepgram_error(
             StatusCode::BAD_REQUEST,
             "unknown_route",
             "unknown provider or route",
-        )
-    })?;
-    match resolved
+        ));
+    };
+    resolved
         .candidates()
         .find(|spec| spec.for_transcription().is_none())
-    {
-        Some(spec) => Err(deepgram_error(
-            StatusCode::BAD_REQUEST,
-            "cannot_transcribe",
-            &format!(
-                "provider {:?} cannot transcribe the caller: route /v1/listen to deepgram or gemini",
-                spec.name
-            ),
-        )),
-        None => Ok(()),
-    }
+        .map(|spec| {
+            let message = format!(
+                "provider {:?} cannot transcribe the caller: route /v1/listen to {}",
+                spec.name, "deepgram or gemini"
+            );
+            deepgram_error(StatusCode::BAD_REQUEST, "cannot_transcribe", &message)
+        })
 }
 
 /// A refused upgrade the way Deepgram answers one: the message in the `dg-error` header and

@@ -356,7 +356,6 @@ impl fmt::Write for JsonEscaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     /// The decoded-length estimate is exact for valid base64, padded or not.
     #[test]
