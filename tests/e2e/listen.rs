@@ -11,6 +11,7 @@
 //! - on a route `deepgram → gemini` whose Deepgram stand-in fails 1.5 s in, the SDK keeps
 //!   receiving `Results` (now Gemini's transcription of the caller) before its audio is over,
 //!   and the stream ends cleanly; the record shows the failover;
+//! - `Finalize` reaches Deepgram: the audio so far comes back final before the stream ends;
 //! - bad input gets a clear answer: bad query values, a provider that cannot transcribe and an
 //!   unknown route are refused with `400` before the upgrade (Deepgram's `dg-error` header and
 //!   body), a bad or missing key with `401`; malformed text and oversized frames close with
@@ -387,6 +388,35 @@ async fn bad_frames_get_deepgram_answers() {
         .collect();
     reasons.sort_unstable();
     assert_eq!(reasons, ["CLIENT_ERROR", "CLIENT_ERROR", "CLIENT_HANGUP"]);
+}
+
+/// `Finalize` reaches Deepgram: the audio so far comes back as a final result at once,
+/// before the stream ends (without it the stand-in finalizes only whole seconds).
+#[tokio::test]
+async fn finalize_flushes_deepgram() {
+    let (addr, _) = standin_with(Knobs::default()).await;
+    let setup = router_for(addr, None).await;
+    let (_, key) = setup.key("listen-finalize", None).await;
+    let query = "model=deepgram&encoding=linear16&sample_rate=8000";
+    let mut caller = open(&setup, query, Some(&key)).await.expect("upgrade");
+    for chunk in pcm16_bytes(&speech_8k(0.5)).chunks(1_600) {
+        caller.conn.binary(chunk.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caller.conn.text(r#"{"type":"Finalize"}"#).await;
+    let result = caller
+        .conn
+        .wait_event("a final result", |e| {
+            e["type"] == "Results" && e["is_final"] == true
+        })
+        .await;
+    assert_eq!(
+        result["channel"]["alternatives"][0]["transcript"],
+        "audio 0.0-0.5s"
+    );
+    assert!(caller.conn.inbox(|inbox| inbox.closed.is_none()));
+    caller.conn.text(r#"{"type":"CloseStream"}"#).await;
+    assert_eq!(caller.conn.wait_closed(WAIT).await.code, 1000);
 }
 
 /// A client that sends nothing is closed after Deepgram's 10 s with `NET-0001`; one that

@@ -22,7 +22,8 @@
 //!   ingress chain re-frames them to 20 ms at the provider's rate. An empty frame is refused
 //!   (Deepgram documents that it can close the stream; here it is only skipped and counted).
 //! - **Control** (JSON text): `{"type":"KeepAlive"}`, `{"type":"Finalize"}` (an optional
-//!   `channel` is allowed), `{"type":"CloseStream"}`. A text frame that is not a JSON object
+//!   `channel` is allowed; the session passes it on as a provider flush, which only
+//!   Deepgram has), `{"type":"CloseStream"}`. A text frame that is not a JSON object
 //!   with a string `type`, or longer than [`MAX_TEXT_FRAME`](super::MAX_TEXT_FRAME), cannot be understood: Deepgram
 //!   closes the stream with `DATA-0000` for it, and so does voxroute
 //!   ([`ListenCodec::ends_stream`]). A well-formed message of a type this codec does not know

@@ -69,6 +69,10 @@ pub enum ProviderCommand {
         /// The key.
         digit: char,
     },
+    /// The caller asks for the audio sent so far to be transcribed now (Deepgram's
+    /// `Finalize`, from a `/v1/listen` caller): providers with such a message send it
+    /// (Deepgram), the others ignore it. The conversation goes on.
+    Flush,
     /// The caller stopped (or hung up): flush anything pending, then close politely.
     Finish,
 }

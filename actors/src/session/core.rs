@@ -563,10 +563,16 @@ impl SessionCore {
                     self.good_frame();
                     self.last_audio_at = now;
                 }
-                // There is no provider-neutral way to force a final result: the audio sent
-                // so far is being transcribed already, and its finals come as the provider
-                // makes them (see the README's limits).
-                Ok(ListenInbound::Finalize) => self.good_frame(),
+                // Deepgram gets its own `Finalize`; other providers have no way to force a
+                // final result and ignore it (see the README's limits).
+                Ok(ListenInbound::Finalize) => {
+                    self.good_frame();
+                    if matches!(&self.phase, Phase::Live(live) if !live.awaiting_ready && live.closing_until.is_none())
+                    {
+                        self.outputs
+                            .push_back(Output::ToProvider(ProviderCommand::Flush));
+                    }
+                }
                 Ok(ListenInbound::CloseStream) => {
                     self.good_frame();
                     self.on_close_stream(now);

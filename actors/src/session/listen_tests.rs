@@ -184,7 +184,7 @@ fn close_stream_ends_at_the_flush_timeout() {
 }
 
 /// `KeepAlive` holds an idle stream open as audio does; without either the stream ends after
-/// [`LISTEN_IDLE_TIMEOUT`]. `Finalize` is accepted.
+/// [`LISTEN_IDLE_TIMEOUT`]. `Finalize` asks the provider to flush (and is no activity).
 #[test]
 fn keepalive_holds_the_idle_timer() {
     let t0 = Instant::now();
@@ -195,7 +195,13 @@ fn keepalive_holds_the_idle_timer() {
     core.handle_input(t9, Input::ClientText(r#"{"type":"KeepAlive"}"#));
     core.handle_input(t9, Input::ClientText(r#"{"type":"Finalize","channel":0}"#));
     let (outputs, deadline) = drain(&mut core);
-    assert!(outputs.is_empty(), "{outputs:?}");
+    assert!(
+        matches!(
+            outputs.as_slice(),
+            [Output::ToProvider(ProviderCommand::Flush)]
+        ),
+        "{outputs:?}"
+    );
     assert_eq!(deadline, t9 + LISTEN_IDLE_TIMEOUT);
     core.handle_input(deadline, Input::Timeout);
     let (outputs, _) = drain(&mut core);
