@@ -14,10 +14,10 @@
 //! - `Finalize` reaches Deepgram: the audio so far comes back final before the stream ends;
 //! - bad input gets a clear answer: bad query values, a provider that cannot transcribe and an
 //!   unknown route are refused with `400` before the upgrade (Deepgram's `dg-error` header and
-//!   body), a bad or missing key with `401`; malformed text and oversized frames close with
-//!   1008 `DATA-0000`, while an unknown message type and a too-long audio message are only
-//!   skipped; a client that sends nothing is closed after 10 s with 1011 `NET-0001`, unless it
-//!   sends `KeepAlive`.
+//!   body), a bad or missing key with `401` (the SDK's `Token` scheme included); malformed
+//!   text and oversized frames close with 1008 `DATA-0000`, while an unknown message type and
+//!   a too-long audio message are only skipped; a client that sends nothing is closed after
+//!   10 s with 1011 `NET-0001`, unless it sends `KeepAlive`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -219,6 +219,14 @@ async fn failover_keeps_results_flowing() {
         gemini_texts.iter().all(|t| t.starts_with("audio ")),
         "{gemini_texts:?}"
     );
+    // Mid-stream: Gemini's results came while the SDK was still sending audio.
+    let audio_done_at = report["audio_done_at"].as_f64().expect("audio_done_at");
+    assert!(
+        results[first_gemini..]
+            .iter()
+            .any(|r| r["at"].as_f64().unwrap() < audio_done_at),
+        "{report}"
+    );
     assert!(gemini_stats.provider(Provider::Gemini).audio_received_ms >= 3_000);
     assert!(report["metadata"].is_object(), "{report}");
     assert_eq!(report["close_code"], 1000, "{report}");
@@ -326,6 +334,10 @@ async fn bad_requests_are_refused_before_the_upgrade() {
         let error = open(&setup, good, presented).await.err().expect("refused");
         assert_eq!(refusal(error).0, 401, "{presented:?}");
     }
+    // The SDK's own `Authorization: Token` with a bad key: the SDK reports the 401.
+    let report = run_sdk(sdk_args(&setup, "vxr_not_a_real_key", "deepgram", false)).await;
+    assert_eq!(report["error_status"], 401, "{report}");
+    assert_eq!(report["results"], serde_json::json!([]));
 }
 
 /// Bad frames after the upgrade: malformed text and oversized frames end the stream with

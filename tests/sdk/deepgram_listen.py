@@ -15,7 +15,8 @@ Usage: python deepgram_listen.py '<json>' where the JSON holds
   keepalive_s      seconds of silence to bridge with KeepAlive after the audio (default 0)
   extra            extra query parameters (dict), through the SDK's request options
 
-Output: {"results": [{"transcript", "is_final", "start", "duration", "model"}],
+Output: {"results": [{"transcript", "is_final", "start", "duration", "model", "at"}],
+         "audio_done_at": seconds (from the first audio sent to the last; "at" likewise),
          "metadata": {...} | null, "close_code": int | null, "close_reason": str | null,
          "error_status": int | null, "other_messages": [types]}
 """
@@ -25,6 +26,8 @@ import sys
 import threading
 import time
 import wave
+
+from websockets.exceptions import InvalidStatus
 
 from deepgram import DeepgramClient
 from deepgram.core.api_error import ApiError
@@ -56,7 +59,9 @@ def main() -> None:
         "close_reason": None,
         "error_status": None,
         "other_messages": [],
+        "audio_done_at": None,
     }
+    clock = {"started": time.monotonic()}
     options = {}
     if args.get("extra"):
         options["request_options"] = {"additional_query_parameters": args["extra"]}
@@ -71,12 +76,13 @@ def main() -> None:
         ) as socket:
 
             def send() -> None:
-                started = time.monotonic()
+                started = clock["started"] = time.monotonic()
                 for index, offset in enumerate(range(0, len(audio), chunk_bytes)):
                     # Real time: each chunk goes out when its audio would have been spoken.
                     due = started + index * chunk_ms / 1000
                     time.sleep(max(0.0, due - time.monotonic()))
                     socket.send_media(audio[offset : offset + chunk_bytes])
+                report["audio_done_at"] = time.monotonic() - started
                 silence_until = time.monotonic() + float(args.get("keepalive_s", 0))
                 while time.monotonic() < silence_until:
                     socket.send_keep_alive()
@@ -97,6 +103,7 @@ def main() -> None:
                                 "start": message.start,
                                 "duration": message.duration,
                                 "model": message.metadata.model_info.name,
+                                "at": time.monotonic() - clock["started"],
                             }
                         )
                     elif kind == "Metadata":
@@ -118,6 +125,10 @@ def main() -> None:
             report["close_reason"] = getattr(connection, "close_reason", None)
     except ApiError as error:
         report["error_status"] = error.status_code
+    except InvalidStatus as error:
+        # With websockets 14+ the SDK's own wrapping of a refused upgrade misses (it expects
+        # the legacy exception), so the refusal arrives as websockets' exception.
+        report["error_status"] = error.response.status_code
     print(json.dumps(report))
 
 
