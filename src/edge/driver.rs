@@ -167,6 +167,11 @@ impl SessionDriver {
         &self.params.state
     }
 
+    /// The caller protocol of the session.
+    pub(super) fn protocol(&self) -> ClientProtocol {
+        self.params.protocol
+    }
+
     /// The session id, once admitted.
     pub(super) fn session_id(&self) -> Option<Uuid> {
         self.core.session_id()

@@ -2,7 +2,8 @@
 //!
 //! # Authentication
 //!
-//! A key presented with the upgrade (`Authorization: Bearer vxr_…` or `?api_key=`) is checked
+//! A key presented with the upgrade (`Authorization: Bearer vxr_…`, Deepgram's
+//! `Authorization: Token vxr_…`, or `?api_key=`) is checked
 //! before the upgrade: a malformed, unknown or revoked key gets `401` with an
 //! `application/problem+json` body and nothing is routed. Callers that cannot set headers
 //! (carriers, browsers) may present the key inside the protocol instead (Twilio's
@@ -29,6 +30,7 @@
 //! the same check, [`caller_key`]; it never accepts a keyless caller.
 
 mod driver;
+mod listen;
 mod session;
 pub mod webrtc;
 
@@ -145,7 +147,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/v1/usage", web::get().to(crate::usage::get_usage))
         .configure(crate::admin::configure)
-        .configure(webrtc::configure);
+        .configure(webrtc::configure)
+        .route(listen::PATH, web::get().to(listen::listen));
     for endpoint in CALLER_ENDPOINTS {
         cfg.route(
             endpoint.path,
@@ -322,9 +325,10 @@ fn realtime_model(req: &HttpRequest) -> Option<String> {
         .filter(|model| !model.is_empty())
 }
 
-/// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer`
-/// header, else `query_key` (the request's `api_key` query parameter). `Ok(None)`: no key was
-/// presented (the endpoint decides whether that is allowed).
+/// Checks the key a caller presented with its HTTP request: the `Authorization: Bearer` (or
+/// Deepgram's `Authorization: Token`) header, else `query_key` (the request's `api_key` query
+/// parameter). `Ok(None)`: no key was presented (the endpoint decides whether that is
+/// allowed).
 ///
 /// # Errors
 ///
@@ -335,7 +339,10 @@ pub async fn caller_key(
     query_key: Option<String>,
     store: &Store,
 ) -> Result<Option<ApiKey>, HttpResponse> {
-    let Some(presented) = bearer_key(req).or(query_key) else {
+    let presented = authorization_token(req, "bearer")
+        .or_else(|| authorization_token(req, "token"))
+        .or(query_key);
+    let Some(presented) = presented else {
         return Ok(None);
     };
     match store.authenticate(&presented).await {
@@ -356,6 +363,12 @@ pub async fn caller_key(
 /// The token of an `Authorization: Bearer …` header (scheme case-insensitive, token trimmed),
 /// if any: a caller's API key here, the admin token in [`crate::admin`].
 pub(crate) fn bearer_key(req: &HttpRequest) -> Option<String> {
+    authorization_token(req, "bearer")
+}
+
+/// The token of an `Authorization: <scheme> …` header (scheme case-insensitive, token
+/// trimmed), if the header has that scheme.
+fn authorization_token(req: &HttpRequest, scheme_wanted: &str) -> Option<String> {
     let value = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)?
@@ -363,7 +376,7 @@ pub(crate) fn bearer_key(req: &HttpRequest) -> Option<String> {
         .ok()?;
     let (scheme, key) = value.split_once(' ')?;
     scheme
-        .eq_ignore_ascii_case("bearer")
+        .eq_ignore_ascii_case(scheme_wanted)
         .then(|| key.trim().to_owned())
 }
 

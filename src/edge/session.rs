@@ -1,5 +1,5 @@
-//! [`SessionActor`]: the WebSocket actor of one live session (Twilio, native or OpenAI Realtime), a thin
-//! carrier of the session driver's effects.
+//! [`SessionActor`]: the WebSocket actor of one live session (a carrier's, native, OpenAI
+//! Realtime or Deepgram live transcription), a thin carrier of the session driver's effects.
 //!
 //! It lives in the app, not in `voxroute-actors`, because an actix-web-actors WebSocket actor
 //! is tied to actix-web, which the actors crate must not know; everything the session decides
@@ -9,7 +9,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use voxroute_actors::close_reason::SessionCloseReason;
 use voxroute_actors::provider::actor::ProviderOutput;
-use voxroute_actors::session::{AuthorizeRequest, Input};
+use voxroute_actors::session::{AuthorizeRequest, ClientProtocol, Input};
 use voxroute_actors::supervisor::EndSession;
 
 use super::driver::{self, Effect, SessionDriver, SessionParams};
@@ -18,6 +18,9 @@ use super::driver::{self, Effect, SessionDriver, SessionParams};
 pub struct SessionActor {
     driver: SessionDriver,
     timer: Option<SpawnHandle>,
+    /// The caller's start when the upgrade request carried it (`/v1/listen`'s query string):
+    /// fed as [`Input::ClientStart`] when the actor starts.
+    start: Option<AuthorizeRequest>,
 }
 
 impl SessionActor {
@@ -25,6 +28,15 @@ impl SessionActor {
         SessionActor {
             driver: SessionDriver::new(params),
             timer: None,
+            start: None,
+        }
+    }
+
+    /// A session whose start came with the upgrade request.
+    pub(super) fn with_start(params: SessionParams, start: AuthorizeRequest) -> Self {
+        SessionActor {
+            start: Some(start),
+            ..SessionActor::new(params)
         }
     }
 
@@ -58,10 +70,7 @@ impl SessionActor {
                     if let Some(timer) = self.timer.take() {
                         ctx.cancel_future(timer);
                     }
-                    ctx.close(Some(ws::CloseReason {
-                        code: close_code(reason),
-                        description: Some(reason.as_str().to_owned()),
-                    }));
+                    ctx.close(Some(close_frame(self.driver.protocol(), reason)));
                     ctx.stop();
                     return;
                 }
@@ -80,7 +89,26 @@ impl SessionActor {
     }
 }
 
-/// The WebSocket close code for a close reason (the reason string goes in the description).
+/// The WebSocket close frame for a close reason: the reason string goes in the description,
+/// except where Deepgram's clients expect its own (protocols.md §4): `DATA-0000` (1008) for
+/// input that cannot be understood and `NET-0001` (1011) for an idle stream.
+fn close_frame(protocol: ClientProtocol, reason: SessionCloseReason) -> ws::CloseReason {
+    let description = match (protocol, reason) {
+        (ClientProtocol::Listen(_), SessionCloseReason::ClientError) => "DATA-0000",
+        (ClientProtocol::Listen(_), SessionCloseReason::IdleTimeout) => "NET-0001",
+        _ => reason.as_str(),
+    };
+    let code = match (protocol, reason) {
+        (ClientProtocol::Listen(_), SessionCloseReason::IdleTimeout) => ws::CloseCode::Error,
+        _ => close_code(reason),
+    };
+    ws::CloseReason {
+        code,
+        description: Some(description.to_owned()),
+    }
+}
+
+/// The WebSocket close code for a close reason.
 fn close_code(reason: SessionCloseReason) -> ws::CloseCode {
     match reason {
         SessionCloseReason::Shutdown => ws::CloseCode::Away,
@@ -100,8 +128,11 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.driver
             .set_provider_events(ctx.address().recipient::<ProviderOutput>());
-        // Arms the start timer.
-        self.drive(ctx);
+        match self.start.take() {
+            Some(start) => self.feed(Input::ClientStart(start), ctx),
+            // Arms the start timer.
+            None => self.drive(ctx),
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

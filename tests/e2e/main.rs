@@ -17,6 +17,7 @@ mod compose;
 mod data_promises;
 mod failover;
 mod harness;
+mod listen;
 mod loadtest;
 mod operations;
 #[cfg(feature = "otel")]

@@ -5,7 +5,8 @@
 //! - [`native`]: voxroute's own protocol (`GET /v1/ws`), whose module doc is its reference;
 //! - [`carrier`]: the [`CarrierCodec`](carrier::CarrierCodec) trait the other carriers
 //!   implement: [`telnyx`], [`vonage`], [`plivo`] (`GET /v1/telephony/{telnyx,vonage,plivo}`);
-//! - [`realtime`]: OpenAI Realtime, GA event shapes (`GET /v1/realtime`), for the OpenAI SDKs.
+//! - [`realtime`]: OpenAI Realtime, GA event shapes (`GET /v1/realtime`), for the OpenAI SDKs;
+//! - [`listen`]: Deepgram-compatible live transcription (`GET /v1/listen`).
 //!
 //! This module owns what they share: [`ProtocolError`] (one enum, with
 //! [`is_fatal`](ProtocolError::is_fatal) and a stable [`code`](ProtocolError::code)),
@@ -44,6 +45,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use voxroute_codecs::{Codec, CodecError};
 
 pub mod carrier;
+pub mod listen;
 pub mod native;
 pub mod plivo;
 pub mod realtime;

@@ -657,9 +657,10 @@ impl Handler<ProviderInput> for ProviderActor {
             (Phase::Draining | Phase::Closing, ProviderCommand::Finish) => {}
             // A key press means something only in the conversation as it is now: before the
             // provider is ready or once it is finishing there is no one to tell.
+            // The same for a flush: before ready nothing was sent, once finishing all is.
             (
                 Phase::Connecting | Phase::Opening | Phase::Draining | Phase::Closing,
-                ProviderCommand::Dtmf { .. },
+                ProviderCommand::Dtmf { .. } | ProviderCommand::Flush,
             ) => {}
         }
     }
@@ -781,7 +782,7 @@ async fn write_frames(
 fn audio_len(command: &ProviderCommand) -> usize {
     match command {
         ProviderCommand::Audio(samples) => samples.len(),
-        ProviderCommand::Dtmf { .. } | ProviderCommand::Finish => 0,
+        ProviderCommand::Dtmf { .. } | ProviderCommand::Flush | ProviderCommand::Finish => 0,
     }
 }
 

@@ -19,6 +19,8 @@
 //!   `{"type":"KeepAlive"}` unless audio went out since the previous check, so the server
 //!   (which closes after 10 s without audio or `KeepAlive`) never sees more than two
 //!   intervals of silence.
+//! - **Flush** ([`ProviderCommand::Flush`], a `/v1/listen` caller's `Finalize`):
+//!   `{"type":"Finalize"}`; the stream goes on.
 //! - **Finish**: `{"type":"Finalize"}` (flush buffered audio) then `{"type":"CloseStream"}`;
 //!   Deepgram sends its last `Results`, a `Metadata`, and closes. The adapter does not close
 //!   the socket itself, so those last results arrive.
@@ -288,6 +290,8 @@ impl ProviderAdapter for DeepgramAdapter {
             }
             // Speech-to-text has no place for a key press.
             ProviderCommand::Dtmf { .. } => {}
+            // The results of the audio so far, now (they may carry `from_finalize`).
+            ProviderCommand::Flush => out.send(WsFrame::Text(FINALIZE_MESSAGE.to_owned())),
             ProviderCommand::Finish => {
                 self.finished = true;
                 out.send(WsFrame::Text(FINALIZE_MESSAGE.to_owned()));
@@ -510,6 +514,12 @@ mod tests {
             frames,
             vec![json!({"type": "KeepAlive"}), json!({"type": "KeepAlive"})]
         );
+        out.clear();
+
+        // A flush (a /v1/listen caller's Finalize) is Deepgram's Finalize, alone.
+        adapter.encode(ProviderCommand::Flush, &mut out);
+        let frames: Vec<Value> = out.frames().iter().map(text_json).collect();
+        assert_eq!(frames, vec![json!({"type": "Finalize"})]);
         out.clear();
 
         adapter.encode(ProviderCommand::Finish, &mut out);

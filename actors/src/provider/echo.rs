@@ -34,7 +34,7 @@ impl ProviderAdapter for EchoAdapter {
         match command {
             ProviderCommand::Audio(samples) => out.emit(ProviderEvent::Audio(samples)),
             // Echo returns audio only; a key press has no audio to return.
-            ProviderCommand::Dtmf { .. } => {}
+            ProviderCommand::Dtmf { .. } | ProviderCommand::Flush => {}
             // In process, a close request ends the connection at once with
             // `Closed { error: false }`.
             ProviderCommand::Finish => out.close(CLOSE_NORMAL, ""),

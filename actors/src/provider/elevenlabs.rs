@@ -334,7 +334,7 @@ impl ProviderAdapter for ElevenLabsAdapter {
                     .send_text(CHUNK_PREFIX, &samples, CHUNK_SUFFIX, out);
             }
             // The agent protocol has no message for key presses.
-            ProviderCommand::Dtmf { .. } => {}
+            ProviderCommand::Dtmf { .. } | ProviderCommand::Flush => {}
             ProviderCommand::Finish => out.close(CLOSE_NORMAL, ""),
         }
     }

@@ -577,7 +577,7 @@ impl ProviderAdapter for GeminiAdapter {
                     .send_text(AUDIO_MESSAGE_START, &samples, AUDIO_MESSAGE_END, out);
             }
             // Gemini Live has no place for a key press.
-            ProviderCommand::Dtmf { .. } => {}
+            ProviderCommand::Dtmf { .. } | ProviderCommand::Flush => {}
             ProviderCommand::Finish => {
                 self.finished = true;
                 emit_final(&mut self.input_transcript, Speaker::Caller, out);

@@ -69,6 +69,10 @@ pub enum ProviderCommand {
         /// The key.
         digit: char,
     },
+    /// The caller asks for the audio sent so far to be transcribed now (Deepgram's
+    /// `Finalize`, from a `/v1/listen` caller): providers with such a message send it
+    /// (Deepgram), the others ignore it. The conversation goes on.
+    Flush,
     /// The caller stopped (or hung up): flush anything pending, then close politely.
     Finish,
 }
@@ -154,6 +158,25 @@ impl ProviderSpec {
             _ => {}
         }
         spec
+    }
+
+    /// The same provider set up to transcribe the caller only, for a transcription session
+    /// (`/v1/listen`), or `None` when it cannot deliver the caller's words apart from its own:
+    /// Deepgram as it is (it transcribes the caller and says nothing); Gemini with input
+    /// transcription on and output transcription off, so that every transcript it sends is
+    /// the caller's. OpenAI Realtime is `None`: its adapter reports the caller's and the
+    /// model's transcripts as the same event. Echo, ws-pcm and ElevenLabs are `None` too.
+    pub fn for_transcription(&self) -> Option<ProviderSpec> {
+        let mut spec = self.clone();
+        match &mut spec.kind {
+            ProviderKind::Deepgram(_) => {}
+            ProviderKind::Gemini(settings) => {
+                settings.transcribe_input = true;
+                settings.transcribe_output = false;
+            }
+            _ => return None,
+        }
+        Some(spec)
     }
 
     /// The same provider for a new connection that resumes the conversation of `handle`

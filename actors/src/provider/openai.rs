@@ -324,7 +324,7 @@ impl ProviderAdapter for OpenAiAdapter {
                     .send_text(APPEND_PREFIX, &samples, APPEND_SUFFIX, out);
             }
             // A Realtime WebSocket client has no event for key presses.
-            ProviderCommand::Dtmf { .. } => {}
+            ProviderCommand::Dtmf { .. } | ProviderCommand::Flush => {}
             ProviderCommand::Finish => out.close(CLOSE_NORMAL, ""),
         }
     }

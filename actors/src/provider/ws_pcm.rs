@@ -92,6 +92,8 @@ impl ProviderAdapter for WsPcmAdapter {
                 text.push_str(r#""}"#);
                 out.send(WsFrame::Text(text));
             }
+            // The convention has no flush message.
+            ProviderCommand::Flush => {}
             ProviderCommand::Finish => out.close(CLOSE_NORMAL, ""),
         }
     }

@@ -9,6 +9,7 @@ use voxroute_codecs::{AudioFormat, EgressChain, FrameAssembler, IngressChain};
 
 use crate::close_reason::SessionCloseReason;
 use crate::protocol::carrier::{CarrierInbound, CarrierOutbound};
+use crate::protocol::listen::{ListenCodec, ListenInbound, ListenOptions, ResultsMessage};
 use crate::protocol::native::{NativeCodec, NativeInbound, ServerEvent};
 use crate::protocol::plivo::PlivoCodec;
 use crate::protocol::realtime::{RealtimeCodec, RealtimeInbound, SessionEventKind};
@@ -64,6 +65,15 @@ const REPLAY_BURST_FRAMES: usize = 20;
 /// Pause between two replay bursts (20 times faster than real time).
 const REPLAY_BURST_INTERVAL: Duration = Duration::from_millis(10);
 
+/// [`ClientProtocol::Listen`]: the session ends when neither audio nor `KeepAlive` came for
+/// this long (or [`SessionConfig::idle_timeout`], if shorter), as Deepgram closes a stream
+/// after 10 s (protocols.md §4).
+pub const LISTEN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`ClientProtocol::Listen`]: after `CloseStream`, how long the provider may take to send
+/// its last transcripts and close before the session ends anyway.
+pub const CLOSE_STREAM_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The `reason` of a native `provider.switched` event: the failed provider's failure.
 const SWITCH_REASON: &str = "PROVIDER_ERROR";
 
@@ -108,6 +118,11 @@ pub enum ClientProtocol {
     /// comes from the request, the key from the upgrade), in `audio/pcm` at 24 kHz until a
     /// `session.update` changes the format, which may come at any time.
     Realtime,
+    /// Deepgram-compatible live transcription (`/v1/listen`): the start comes from the HTTP
+    /// request's query string ([`Input::ClientStart`]), binary frames are raw audio, text
+    /// frames Deepgram's control messages; provider transcripts go out as `Results`, provider
+    /// audio is dropped. See [`crate::protocol::listen`].
+    Listen(ListenOptions),
 }
 
 /// Something that happened, for [`SessionCore::handle_input`].
@@ -120,7 +135,8 @@ pub enum Input<'a> {
     /// The caller's socket closed.
     ClientClosed,
     /// The caller's start, learned outside the media channel ([`ClientProtocol::WebRtc`]:
-    /// the HTTP offer's key, query and negotiated codec). Ignored by the other protocols.
+    /// the HTTP offer's key, query and negotiated codec; [`ClientProtocol::Listen`]: the
+    /// upgrade's query string). Ignored by the other protocols.
     ClientStart(AuthorizeRequest),
     /// [`ClientProtocol::WebRtc`]: the caller's next packet is lost; `next` is the packet
     /// after it when it has already arrived (its in-band FEC rebuilds the lost one), else the
@@ -255,6 +271,8 @@ enum Protocol {
     Carrier(Box<CarrierLink>),
     /// Boxed: it holds the append buffer inline with its state.
     Realtime(Box<RealtimeCodec>),
+    /// Deepgram's live transcription; boxed, as it holds the audio's running hash.
+    Listen(Box<ListenCodec>),
 }
 
 impl Protocol {
@@ -262,7 +280,7 @@ impl Protocol {
     fn events(&mut self) -> Option<&mut NativeCodec> {
         match self {
             Protocol::Native(codec) | Protocol::WebRtc(codec) => Some(codec),
-            Protocol::Carrier(_) | Protocol::Realtime(_) => None,
+            Protocol::Carrier(_) | Protocol::Realtime(_) | Protocol::Listen(_) => None,
         }
     }
 }
@@ -297,6 +315,9 @@ struct Live {
     /// When the provider last failed, until the replacement's first audio or transcript:
     /// the failover gap runs from here.
     failed_at: Option<Instant>,
+    /// [`ClientProtocol::Listen`] after `CloseStream`: the provider was told to finish, and
+    /// the session ends when it closes or at this instant, whichever comes first.
+    closing_until: Option<Instant>,
 }
 
 enum Phase {
@@ -404,6 +425,9 @@ impl SessionCore {
                     Protocol::Carrier(Box::new(CarrierLink::new(Box::new(PlivoCodec::new()))))
                 }
                 ClientProtocol::Realtime => Protocol::Realtime(Box::default()),
+                ClientProtocol::Listen(options) => {
+                    Protocol::Listen(Box::new(ListenCodec::new(options)))
+                }
             },
             phase: Phase::AwaitingStart,
             outputs: VecDeque::new(),
@@ -460,7 +484,7 @@ impl SessionCore {
             Input::ClientBinary(bytes) => self.on_client_binary(now, bytes),
             Input::ClientClosed => self.end(now, SessionCloseReason::ClientHangup),
             Input::ClientStart(request) => {
-                if matches!(self.protocol, Protocol::WebRtc(_)) {
+                if matches!(self.protocol, Protocol::WebRtc(_) | Protocol::Listen(_)) {
                     self.begin_authorize(request);
                 }
             }
@@ -501,9 +525,20 @@ impl SessionCore {
     fn phase_deadline(&self) -> Instant {
         match &self.phase {
             Phase::AwaitingStart | Phase::Authorizing { .. } => self.accepted_at + START_TIMEOUT,
-            Phase::Live(_) => self.last_audio_at + self.config.idle_timeout,
+            Phase::Live(live) => match live.closing_until {
+                Some(until) => until,
+                None => self.last_audio_at + self.idle_timeout(),
+            },
             // Nothing will happen again; any far instant will do.
             Phase::Ended => self.accepted_at + Duration::from_secs(86_400),
+        }
+    }
+
+    /// How long the caller may send nothing before the session ends.
+    fn idle_timeout(&self) -> Duration {
+        match self.protocol {
+            Protocol::Listen(_) => self.config.idle_timeout.min(LISTEN_IDLE_TIMEOUT),
+            _ => self.config.idle_timeout,
         }
     }
 
@@ -518,7 +553,12 @@ impl SessionCore {
         if now < self.phase_deadline() {
             return;
         }
-        let reason = match self.phase {
+        let reason = match &self.phase {
+            // The provider did not close in time after `CloseStream`: end the stream anyway.
+            Phase::Live(live) if live.closing_until.is_some() => {
+                self.finish_stream(now);
+                return;
+            }
             Phase::Live(_) => SessionCloseReason::IdleTimeout,
             _ => {
                 self.send_error("start_timeout", "no start message in time");
@@ -554,6 +594,34 @@ impl SessionCore {
                     self.on_realtime(now, inbound);
                 }
                 Err(error) => self.bad_frame(now, error),
+            },
+            Protocol::Listen(codec) => match codec.decode_text(text) {
+                Ok(ListenInbound::KeepAlive) => {
+                    // Deepgram's idle timer counts KeepAlive like audio.
+                    self.good_frame();
+                    self.last_audio_at = now;
+                }
+                // Deepgram gets its own `Finalize`; other providers have no way to force a
+                // final result and ignore it (see the README's limits).
+                Ok(ListenInbound::Finalize) => {
+                    self.good_frame();
+                    if matches!(&self.phase, Phase::Live(live) if !live.awaiting_ready && live.closing_until.is_none())
+                    {
+                        self.outputs
+                            .push_back(Output::ToProvider(ProviderCommand::Flush));
+                    }
+                }
+                Ok(ListenInbound::CloseStream) => {
+                    self.good_frame();
+                    self.on_close_stream(now);
+                }
+                Err(error) => {
+                    let ends = ListenCodec::ends_stream(&error);
+                    self.bad_frame(now, error);
+                    if ends {
+                        self.end(now, SessionCloseReason::ClientError);
+                    }
+                }
             },
         }
     }
@@ -662,11 +730,61 @@ impl SessionCore {
         }
     }
 
+    /// `CloseStream`: the provider finishes (its last transcripts still go out as `Results`),
+    /// then `Metadata` and the end. Before admission there is nothing to finish.
+    fn on_close_stream(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Live(live) => {
+                if live.closing_until.is_some() {
+                    return;
+                }
+                live.closing_until = Some(now + CLOSE_STREAM_FLUSH_TIMEOUT);
+                self.outputs
+                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+            }
+            _ => self.finish_stream(now),
+        }
+    }
+
+    /// Ends a [`ClientProtocol::Listen`] stream the way `CloseStream` asks: `Metadata`, then
+    /// a normal end.
+    fn finish_stream(&mut self, now: Instant) {
+        if let (Protocol::Listen(codec), Phase::Live(live)) = (&mut self.protocol, &self.phase) {
+            let text = codec.encode_metadata(live.session_id);
+            self.outputs
+                .push_back(Output::ToClientText(text.to_owned()));
+        }
+        self.end(now, SessionCloseReason::ClientHangup);
+    }
+
+    /// Whether a [`ClientProtocol::Listen`] stream is finishing after `CloseStream`.
+    fn is_closing(&self) -> bool {
+        matches!(&self.phase, Phase::Live(live) if live.closing_until.is_some())
+    }
+
     fn on_client_binary(&mut self, now: Instant, bytes: &[u8]) {
+        if self.is_closing() {
+            // After `CloseStream` the stream takes no more audio (nor counts it).
+            self.dropped_payloads += 1;
+            return;
+        }
         let result = match &mut self.protocol {
             Protocol::Carrier(_) => {
                 return self.on_carrier_frame(now, CarrierFrame::Binary(bytes));
             }
+            Protocol::Listen(codec) => match codec.decode_binary(bytes) {
+                Ok(_) => {
+                    // Any length up to the codec's limit: the ingress chain takes it in
+                    // pieces and re-frames it to 20 ms.
+                    let piece_bytes = codec.piece_bytes();
+                    self.good_frame();
+                    for piece in bytes.chunks(piece_bytes) {
+                        self.on_audio(now, piece);
+                    }
+                    return;
+                }
+                Err(error) => Err(error),
+            },
             Protocol::Native(codec) => codec.decode_binary(bytes).map(|_| ()),
             // One Opus packet, checked by the decoder in the ingress chain.
             Protocol::WebRtc(_) => Ok(()),
@@ -789,6 +907,18 @@ impl SessionCore {
         for fallback in &mut admission.fallbacks {
             *fallback = fallback.for_session(admission.session_id);
         }
+        if matches!(self.protocol, Protocol::Listen(_)) {
+            // The edge refused routes with a provider that cannot transcribe the caller; what
+            // is left is set up to transcribe the caller only.
+            if let Some(spec) = admission.provider.for_transcription() {
+                admission.provider = spec;
+            }
+            admission.fallbacks = admission
+                .fallbacks
+                .iter()
+                .filter_map(ProviderSpec::for_transcription)
+                .collect();
+        }
         let Phase::Authorizing { format, pending } =
             std::mem::replace(&mut self.phase, Phase::AwaitingStart)
         else {
@@ -849,6 +979,7 @@ impl SessionCore {
             awaiting_ready: false,
             replay_next_at: None,
             failed_at: None,
+            closing_until: None,
         }));
         self.last_audio_at = now;
         for payload in pending {
@@ -858,6 +989,8 @@ impl SessionCore {
 
     fn on_audio(&mut self, now: Instant, payload: &[u8]) {
         match &mut self.phase {
+            // After `CloseStream` the stream takes no more audio.
+            Phase::Live(live) if live.closing_until.is_some() => self.dropped_payloads += 1,
             Phase::Live(live) => {
                 if let Err(error) = live.ingress.push(payload) {
                     tracing::debug!(%error, "caller payload refused");
@@ -916,22 +1049,47 @@ impl SessionCore {
     }
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent) {
+        if self.is_closing()
+            && matches!(
+                event,
+                ProviderEvent::Closed { .. } | ProviderEvent::Error { fatal: true, .. }
+            )
+        {
+            // The provider has finished after `CloseStream` (or failed while finishing: no
+            // failover for a stream that is ending).
+            self.finish_stream(now);
+            return;
+        }
         match event {
             ProviderEvent::Ready => self.on_provider_ready(now),
+            // A transcription caller takes no audio (Gemini answers with some).
+            ProviderEvent::Audio(_) if matches!(self.protocol, Protocol::Listen(_)) => {}
             ProviderEvent::Audio(pcm) => {
                 self.on_provider_answered(now);
                 self.on_provider_audio(now, &pcm);
             }
             ProviderEvent::Transcript { text, is_final } => {
                 self.on_provider_answered(now);
-                if let Protocol::Realtime(codec) = &mut self.protocol {
+                match (&mut self.protocol, &self.phase) {
                     // Interim words of the caller are not passed on: the `completed` event
                     // carries them all.
-                    if is_final {
+                    (Protocol::Realtime(codec), _) if is_final => {
                         let text = codec.encode_input_transcript(&text);
                         self.outputs
                             .push_back(Output::ToClientText(text.to_owned()));
                     }
+                    (Protocol::Listen(codec), Phase::Live(live)) if codec.wants(is_final) => {
+                        let text = codec.encode_results(&ResultsMessage {
+                            transcript: &text,
+                            is_final,
+                            audio_ms: self.frames_in * u64::from(voxroute_codecs::FRAME_MS),
+                            session_id: live.session_id,
+                            provider: &live.provider.name,
+                        });
+                        self.outputs
+                            .push_back(Output::ToClientText(text.to_owned()));
+                    }
+                    _ => {}
                 }
                 self.native_transcript(&text, is_final);
             }
@@ -1159,6 +1317,8 @@ impl SessionCore {
                             outputs.push_back(Output::ToClientText(text.to_owned()));
                         });
                     }
+                    // Dropped in `on_provider`: never reached.
+                    Protocol::Listen(_) => continue,
                 }
                 self.frames_out += 1;
                 sent_any = true;
@@ -1219,6 +1379,8 @@ impl SessionCore {
                 });
                 None
             }
+            // A transcription caller plays nothing.
+            Protocol::Listen(_) => None,
         };
         if let Some(text) = text {
             self.outputs
@@ -1240,7 +1402,7 @@ impl SessionCore {
                     Some(codec.encode_protocol_error(&error))
                 }
                 Protocol::Realtime(codec) => Some(codec.encode_protocol_error(&error)),
-                Protocol::Carrier(_) => None,
+                Protocol::Carrier(_) | Protocol::Listen(_) => None,
             };
             if let Some(text) = text {
                 self.error_events_sent += 1;
@@ -1256,7 +1418,8 @@ impl SessionCore {
         }
     }
 
-    /// An `error` event (carriers have no channel for one), within the per-session cap.
+    /// An `error` event (carriers and Deepgram's protocol have no channel for one), within
+    /// the per-session cap.
     fn send_error(&mut self, code: &str, message: &str) {
         if self.error_events_sent >= MAX_ERROR_EVENTS {
             return;
@@ -1266,7 +1429,7 @@ impl SessionCore {
                 Some(codec.encode_event(&ServerEvent::Error { code, message }))
             }
             Protocol::Realtime(codec) => Some(codec.encode_error(code, message)),
-            Protocol::Carrier(_) => None,
+            Protocol::Carrier(_) | Protocol::Listen(_) => None,
         };
         if let Some(text) = text {
             self.error_events_sent += 1;
@@ -1282,8 +1445,11 @@ impl SessionCore {
         }
         let (session_id, provider) = match &phase {
             Phase::Live(live) => {
-                self.outputs
-                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+                // After `CloseStream` the provider was told already.
+                if live.closing_until.is_none() {
+                    self.outputs
+                        .push_back(Output::ToProvider(ProviderCommand::Finish));
+                }
                 self.metering
                     .close_segment(&live.provider.name, self.frames_in, self.frames_out);
                 (Some(live.session_id), live.provider.name.clone())

@@ -1,9 +1,9 @@
 //! One live session, as a sans-IO state machine: [`SessionCore`].
 //!
 //! The core owns everything a session keeps while it is live: the caller protocol's codec
-//! (native, OpenAI Realtime, or a carrier's, Twilio's included, through
-//! [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the DSP
-//! chains of `voxroute-codecs`, the framing of provider audio, the
+//! (native, OpenAI Realtime, Deepgram live transcription, or a carrier's, Twilio's included,
+//! through [`CarrierCodec`](crate::protocol::carrier::CarrierCodec), with its reordering), the
+//! DSP chains of `voxroute-codecs`, the framing of provider audio, the
 //! barge-in flush, the idle timer and the counters that end up in the session record. It does
 //! no I/O and reads no clock: the driver (the app's WebSocket actor) feeds it inputs with the
 //! current time and carries out its outputs.
@@ -71,10 +71,12 @@ mod core;
 mod replay;
 
 pub use self::core::{
-    Admission, AuthorizeRequest, ClientProtocol, IDLE_TIMEOUT_DEFAULT, Input,
-    MAX_CONSECUTIVE_BAD_FRAMES, Output, REPLAY_MS, START_TIMEOUT, SessionConfig, SessionCore,
-    SessionOutcome,
+    Admission, AuthorizeRequest, CLOSE_STREAM_FLUSH_TIMEOUT, ClientProtocol, IDLE_TIMEOUT_DEFAULT,
+    Input, LISTEN_IDLE_TIMEOUT, MAX_CONSECUTIVE_BAD_FRAMES, Output, REPLAY_MS, START_TIMEOUT,
+    SessionConfig, SessionCore, SessionOutcome,
 };
 
+#[cfg(test)]
+mod listen_tests;
 #[cfg(test)]
 mod tests;
