@@ -223,6 +223,7 @@ pub fn build(
                 voice: options.voice.clone().unwrap_or(defaults.voice),
                 instructions: options.instructions.clone(),
                 transcription_model: defaults.transcription_model,
+                reply: defaults.reply,
             }))
         }
         Hosted::Deepgram => {

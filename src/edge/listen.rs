@@ -166,7 +166,7 @@ fn refusal_of_route(router: &Router, target: &RouteTarget) -> Option<HttpRespons
         .map(|spec| {
             let message = format!(
                 "provider {:?} cannot transcribe the caller: route /v1/listen to {}",
-                spec.name, "deepgram or gemini"
+                spec.name, "deepgram, gemini or openai"
             );
             deepgram_error(StatusCode::BAD_REQUEST, "cannot_transcribe", &message)
         })

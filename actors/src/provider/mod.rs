@@ -164,8 +164,10 @@ impl ProviderSpec {
     /// (`/v1/listen`), or `None` when it cannot deliver the caller's words apart from its own:
     /// Deepgram as it is (it transcribes the caller and says nothing); Gemini with input
     /// transcription on and output transcription off, so that every transcript it sends is
-    /// the caller's. OpenAI Realtime is `None`: its adapter reports the caller's and the
-    /// model's transcripts as the same event. Echo, ws-pcm and ElevenLabs are `None` too.
+    /// the caller's; OpenAI Realtime with input transcription on (its default model when the
+    /// configuration turned it off) and no answers (its caller transcripts are
+    /// [`ProviderEvent::Transcript`], its own words [`ProviderEvent::ReplyTranscript`]).
+    /// Echo, ws-pcm and ElevenLabs are `None`.
     pub fn for_transcription(&self) -> Option<ProviderSpec> {
         let mut spec = self.clone();
         match &mut spec.kind {
@@ -173,6 +175,12 @@ impl ProviderSpec {
             ProviderKind::Gemini(settings) => {
                 settings.transcribe_input = true;
                 settings.transcribe_output = false;
+            }
+            ProviderKind::OpenAi(settings) => {
+                settings.reply = false;
+                settings
+                    .transcription_model
+                    .get_or_insert_with(|| openai::DEFAULT_TRANSCRIPTION_MODEL.to_owned());
             }
             _ => return None,
         }

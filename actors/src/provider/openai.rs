@@ -149,11 +149,14 @@ pub struct OpenAiSettings {
     /// The model transcribing the caller's audio; `None` turns input transcription off (no
     /// caller transcripts then).
     pub transcription_model: Option<String>,
+    /// Whether the model answers each turn the server's voice detection ends
+    /// (`turn_detection.create_response`); `false` for transcription only (`/v1/listen`).
+    pub reply: bool,
 }
 
 impl Default for OpenAiSettings {
     /// The public endpoint, [`DEFAULT_MODEL`], [`DEFAULT_VOICE`], no key, no instructions,
-    /// caller transcription with [`DEFAULT_TRANSCRIPTION_MODEL`].
+    /// caller transcription with [`DEFAULT_TRANSCRIPTION_MODEL`], answering every turn.
     fn default() -> Self {
         OpenAiSettings {
             base_url: DEFAULT_URL.to_owned(),
@@ -162,6 +165,7 @@ impl Default for OpenAiSettings {
             voice: DEFAULT_VOICE.to_owned(),
             instructions: None,
             transcription_model: Some(DEFAULT_TRANSCRIPTION_MODEL.to_owned()),
+            reply: true,
         }
     }
 }
@@ -215,7 +219,7 @@ impl OpenAiAdapter {
             "format": format,
             "turn_detection": {
                 "type": "server_vad",
-                "create_response": true,
+                "create_response": self.settings.reply,
                 "interrupt_response": true,
             },
         });
@@ -608,6 +612,24 @@ mod tests {
                 .is_none()
         );
         assert_eq!(update["session"]["audio"]["output"]["voice"], "cedar");
+    }
+
+    /// A transcription-only session (`reply: false`) asks the server not to answer turns.
+    #[test]
+    fn session_update_without_replies() {
+        let mut adapter = OpenAiAdapter::new(OpenAiSettings {
+            reply: false,
+            ..OpenAiSettings::default()
+        });
+        let mut out = AdapterOutput::new();
+        adapter.on_open(&mut out);
+        let update = &sent_json(&out)[0];
+        let input = &update["session"]["audio"]["input"];
+        assert_eq!(
+            input["turn_detection"]["create_response"], false,
+            "{update}"
+        );
+        assert_eq!(input["transcription"]["model"], DEFAULT_TRANSCRIPTION_MODEL);
     }
 
     /// The URL names the model, the key travels as a bearer header, and no `Debug` (settings,

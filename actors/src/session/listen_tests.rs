@@ -13,6 +13,7 @@ use crate::protocol::RouteTarget;
 use crate::protocol::listen::ListenOptions;
 use crate::provider::deepgram::DeepgramSettings;
 use crate::provider::gemini::GeminiSettings;
+use crate::provider::openai::{DEFAULT_TRANSCRIPTION_MODEL, OpenAiSettings};
 use crate::provider::{ProviderCommand, ProviderEvent, ProviderKind, ProviderSpec};
 
 const SESSION_ID: Uuid = Uuid::from_u128(0x0190_b5e4_8f1c_7a3e_9d2b_5c4f_6e7a_8b9c);
@@ -299,4 +300,34 @@ fn providers_are_set_up_for_transcription_and_fail_over() {
     let results = texts(&drain(&mut core).0);
     assert_eq!(results[0]["metadata"]["model_info"]["name"], "gemini");
     assert_eq!(results[0]["is_final"], false);
+}
+
+/// OpenAI Realtime transcribes for `/v1/listen` without answering: input transcription on
+/// (its default model when the configuration turned it off), no responses; the settings of
+/// a speech-to-speech session are left alone.
+#[test]
+fn openai_transcribes_without_answering() {
+    let configured = OpenAiSettings {
+        transcription_model: None,
+        ..OpenAiSettings::default()
+    };
+    let openai = spec("openai", ProviderKind::OpenAi(Box::new(configured)));
+    let listening = openai.for_transcription().expect("OpenAI can transcribe");
+    let ProviderKind::OpenAi(settings) = &listening.kind else {
+        panic!("still OpenAI: {listening:?}");
+    };
+    assert!(!settings.reply);
+    assert_eq!(
+        settings.transcription_model.as_deref(),
+        Some(DEFAULT_TRANSCRIPTION_MODEL)
+    );
+    let ProviderKind::OpenAi(original) = &openai.kind else {
+        unreachable!()
+    };
+    assert!(original.reply && original.transcription_model.is_none());
+    assert!(
+        spec("echo", ProviderKind::Echo)
+            .for_transcription()
+            .is_none()
+    );
 }
