@@ -58,7 +58,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use voxroute_codecs::{AudioFormat, Channels, Codec, CodecError, SampleRate};
 
-use super::{ProtocolError, Text, check_text_len, push_json_str};
+use super::{ProtocolError, Text, parse_frame, push_json_str};
 
 /// Most audio one binary frame may carry, in milliseconds. Larger frames are refused
 /// ([`ProtocolError::PayloadSize`]): the session forwards a frame's audio at once, and the
@@ -288,9 +288,7 @@ impl ListenCodec {
     /// or `type` not a string), [`ProtocolError::MissingField`] (`type`), or
     /// [`ProtocolError::UnknownEvent`].
     pub fn decode_text(&mut self, text: &str) -> Result<ListenInbound, ProtocolError> {
-        check_text_len(text)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let envelope: Envelope<'_> = parse_frame(text)?;
         let kind = envelope.kind.ok_or(ProtocolError::MissingField("type"))?;
         match &*kind.0 {
             "KeepAlive" => Ok(ListenInbound::KeepAlive),

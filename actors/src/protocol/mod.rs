@@ -291,15 +291,17 @@ pub(crate) fn decoded_len(b64: &str) -> usize {
     unpadded / 4 * 3 + (unpadded % 4).saturating_sub(1)
 }
 
-/// Refuses a text frame longer than [`MAX_TEXT_FRAME`] before anything parses it.
-fn check_text_len(text: &str) -> Result<(), ProtocolError> {
+/// Parses a text frame as `T`, borrowing from it: a frame longer than [`MAX_TEXT_FRAME`] is
+/// refused before anything parses it ([`ProtocolError::FrameTooLarge`]), one that is not JSON
+/// of `T`'s shape gets [`ProtocolError::MalformedJson`]. Every codec's first step on text.
+fn parse_frame<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, ProtocolError> {
     if text.len() > MAX_TEXT_FRAME {
         return Err(ProtocolError::FrameTooLarge {
             len: text.len(),
             max: MAX_TEXT_FRAME,
         });
     }
-    Ok(())
+    serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)
 }
 
 /// A JSON string value that borrows from the frame when it holds no escapes (the normal case,

@@ -88,7 +88,7 @@ use uuid::Uuid;
 use voxroute_codecs::{AudioFormat, Channels, SampleRate};
 
 use super::{
-    JsonEscaped, ProtocolError, RouteTarget, Text, check_text_len, codec_from_name, codec_name,
+    JsonEscaped, ProtocolError, RouteTarget, Text, codec_from_name, codec_name, parse_frame,
     push_json_str,
 };
 use crate::close_reason::SessionCloseReason;
@@ -219,9 +219,7 @@ impl NativeCodec {
     /// `UnsupportedFormat`, `BadAudioFormat`, `ProviderAndRoute` (fatal). On error the codec
     /// is unchanged.
     pub fn decode_text(&mut self, text: &str) -> Result<NativeInbound, ProtocolError> {
-        check_text_len(text)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let envelope: Envelope<'_> = parse_frame(text)?;
         let kind = envelope.kind.ok_or(ProtocolError::MissingField("type"))?;
         match &*kind.0 {
             "start" => {

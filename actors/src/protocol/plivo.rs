@@ -54,7 +54,7 @@ use super::carrier::{
     CarrierCodec, CarrierInbound, CarrierOutbound, CarrierStart, Scalar, max_payload_bytes,
     media_type, take_caller_parameters,
 };
-use super::{BASE64, ProtocolError, Text, check_text_len, decode_base64_payload, push_json_str};
+use super::{BASE64, ProtocolError, Text, decode_base64_payload, parse_frame, push_json_str};
 
 /// Largest decoded `media` payload in any accepted format: 120 ms of L16 at 16 kHz.
 pub const MAX_MEDIA_PAYLOAD: usize = 3_840;
@@ -101,9 +101,7 @@ impl CarrierCodec for PlivoCodec {
     }
 
     fn decode_text<'a>(&'a mut self, text: &'a str) -> Result<CarrierInbound<'a>, ProtocolError> {
-        check_text_len(text)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let envelope: Envelope<'_> = parse_frame(text)?;
         let event = envelope.event.ok_or(ProtocolError::MissingField("event"))?;
         match &*event.0 {
             "media" => {

@@ -62,8 +62,8 @@ use uuid::Uuid;
 use voxroute_codecs::{AudioFormat, Codec, SampleRate};
 
 use super::{
-    BASE64, JsonEscaped, MAX_TEXT_FRAME, ProtocolError, Text, check_text_len,
-    decode_base64_payload, push_json_str,
+    BASE64, JsonEscaped, MAX_TEXT_FRAME, ProtocolError, Text, decode_base64_payload, parse_frame,
+    push_json_str,
 };
 use crate::close_reason::SessionCloseReason;
 
@@ -215,9 +215,7 @@ impl RealtimeCodec {
     /// error the codec's settings are unchanged.
     pub fn decode_text(&mut self, text: &str) -> Result<RealtimeInbound, ProtocolError> {
         self.client_event_id.clear();
-        check_text_len(text)?;
-        let event: ClientEvent<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let event: ClientEvent<'_> = parse_frame(text)?;
         if let Some(id) = &event.event_id
             && id.0.len() <= MAX_CLIENT_EVENT_ID
         {

@@ -56,7 +56,7 @@ use super::carrier::{
     CarrierCodec, CarrierInbound, CarrierOutbound, CarrierStart, dtmf_digit, take_caller_parameters,
 };
 use super::{
-    BASE64, ProtocolError, RouteTarget, Text, check_text_len, decode_base64_payload, push_json_str,
+    BASE64, ProtocolError, RouteTarget, Text, decode_base64_payload, parse_frame, push_json_str,
 };
 
 /// Largest decoded `media` payload accepted from Twilio: 120 ms of 8 kHz mu-law. Twilio sends
@@ -204,9 +204,7 @@ impl TwilioCodec {
     /// Any [`ProtocolError`] but `BinaryFrame`, `BadAudioFormat` and `NotStarted`. On error
     /// the codec is unchanged; [`ProtocolError::is_fatal`] says whether the session can go on.
     pub fn decode_text(&mut self, text: &str) -> Result<TwilioInbound<'_>, ProtocolError> {
-        check_text_len(text)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let envelope: Envelope<'_> = parse_frame(text)?;
         let event = envelope.event.ok_or(ProtocolError::MissingField("event"))?;
         match &*event.0 {
             "media" => {

@@ -46,7 +46,7 @@ use super::carrier::{
     CarrierCodec, CarrierInbound, CarrierOutbound, CarrierStart, Scalar, frame_bytes, media_type,
     take_caller_parameters,
 };
-use super::{ProtocolError, Text, check_text_len};
+use super::{ProtocolError, Text, parse_frame};
 
 /// The first frame's `event`.
 const EVENT_CONNECTED: &str = "websocket:connected";
@@ -91,9 +91,7 @@ impl CarrierCodec for VonageCodec {
     }
 
     fn decode_text<'a>(&'a mut self, text: &'a str) -> Result<CarrierInbound<'a>, ProtocolError> {
-        check_text_len(text)?;
-        let envelope: Envelope<'_> =
-            serde_json::from_str(text).map_err(|_| ProtocolError::MalformedJson)?;
+        let envelope: Envelope<'_> = parse_frame(text)?;
         let event = envelope.event.ok_or(ProtocolError::MissingField("event"))?;
         match &*event.0 {
             "websocket:dtmf" => {
