@@ -319,9 +319,11 @@ impl GeminiAdapter {
     ) -> bool {
         let mut used = false;
         if content.interrupted {
-            // Barge-in first: the session flushes the audio it queued for the caller.
-            out.emit(ProviderEvent::SpeechStarted);
+            // The interrupted reply's words close it, then the barge-in (the session flushes
+            // the audio it queued for the caller): in this order an OpenAI-Realtime client
+            // sees the words inside the response the barge-in then cancels.
             emit_final(&mut self.output_transcript, Speaker::Reply, out);
+            out.emit(ProviderEvent::SpeechStarted);
             used = true;
         }
         if let Some(piece) = content.input_transcription {
@@ -897,7 +899,7 @@ mod tests {
             ),
             (
                 r#"{"serverContent": {"interrupted": true}}"#,
-                vec![ProviderEvent::SpeechStarted, reply("Your table is", true)],
+                vec![reply("Your table is", true), ProviderEvent::SpeechStarted],
             ),
             // snake_case, as the SDK's own types spell it.
             (
