@@ -410,8 +410,13 @@ impl RealtimeCodec {
         self.close_response("cancelled", &mut emit);
     }
 
-    /// `voxroute.provider_switched`: failover; the call goes on with `to`.
+    /// `voxroute.provider_switched`: failover; the call goes on with `to`, which later
+    /// `session.updated` events name as `session.model`.
     pub fn encode_provider_switched(&mut self, from: &str, to: &str, reason: &str) -> &str {
+        if let Some((_, provider)) = &mut self.session {
+            provider.clear();
+            provider.push_str(to);
+        }
         self.begin("voxroute.provider_switched");
         self.out.push_str(r#","from":"#);
         push_json_str(&mut self.out, from);
@@ -1044,5 +1049,15 @@ mod tests {
         let event = parse(codec.encode_session_ended(SessionCloseReason::IdleTimeout));
         assert_eq!(event["type"], "voxroute.session_ended");
         assert_eq!(event["reason"], "IDLE_TIMEOUT");
+    }
+
+    /// After a failover, `session.updated` names the provider the call goes on with.
+    #[test]
+    fn session_model_follows_a_failover() {
+        let mut codec = RealtimeCodec::default();
+        codec.session_created(Uuid::now_v7(), "oa-a", |_| {});
+        codec.encode_provider_switched("oa-a", "oa-b", "PROVIDER_ERROR");
+        let event = parse(codec.encode_session(SessionEventKind::Updated));
+        assert_eq!(event["session"]["model"], "oa-b");
     }
 }
