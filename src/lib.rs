@@ -21,8 +21,8 @@
 //!   (route policies, the order of failover).
 //! - [`health`]: provider health shared by all sessions: the circuit breaker and smoothed
 //!   latencies the routes order their providers by.
-//! - [`edge`]: the HTTP edge: the caller WebSocket endpoints (Twilio, native), their
-//!   authentication, the per-session WebSocket actor, health checks.
+//! - [`edge`]: the HTTP edge: the caller endpoints (the carriers, native, OpenAI Realtime,
+//!   Deepgram listen, WebRTC), their authentication, the per-session actors, health checks.
 //! - [`replicas`]: several replicas on one PostgreSQL: registry, session leases (per-key limits
 //!   across replicas), the cross-replica admin kill (`LISTEN`/`NOTIFY`).
 //! - [`server`]: `voxroute serve`: start-up, the retention job, graceful shutdown.

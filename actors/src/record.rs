@@ -16,9 +16,10 @@ use crate::close_reason::SessionCloseReason;
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Transport {
-    /// A carrier's media-stream WebSocket (Twilio, Telnyx, Vonage).
+    /// A carrier's media-stream WebSocket (Twilio, Telnyx, Vonage, Plivo).
     Telephony,
-    /// voxroute's native WebSocket protocol (`/v1/ws`).
+    /// A WebSocket protocol for applications: voxroute's native one (`/v1/ws`), OpenAI
+    /// Realtime (`/v1/realtime`) or Deepgram live transcription (`/v1/listen`).
     WebSocket,
     /// WebRTC (`/v1/webrtc`).
     WebRtc,

@@ -70,8 +70,8 @@ pub enum ProviderCommand {
         digit: char,
     },
     /// The caller asks for the audio sent so far to be transcribed now (Deepgram's
-    /// `Finalize`, from a `/v1/listen` caller): providers with such a message send it
-    /// (Deepgram), the others ignore it. The conversation goes on.
+    /// `Finalize`, from a `/v1/listen` caller): Deepgram's adapter sends its `Finalize`, the
+    /// others send nothing. The conversation goes on.
     Flush,
     /// The caller stopped (or hung up): flush anything pending, then close politely.
     Finish,

@@ -8,8 +8,9 @@
 //!   The header is left out when [`OpenAiSettings::api_key`] is `None` (a proxy or a stand-in
 //!   that needs none). No `OpenAI-Beta` header: it selects the beta shapes.
 //! - **On open**, one `session.update` (GA shape) with `event_id`
-//!   [`SESSION_UPDATE_EVENT_ID`]: `audio/pcm` at 24 kHz both ways, server VAD that answers and
-//!   lets the caller interrupt, the voice, the optional instructions, and input transcription
+//!   [`SESSION_UPDATE_EVENT_ID`]: `audio/pcm` at 24 kHz both ways, server VAD that answers
+//!   (unless [`OpenAiSettings::reply`] is off, for transcription only) and lets the caller
+//!   interrupt, the voice, the optional instructions, and input transcription
 //!   when [`OpenAiSettings::transcription_model`] is set.
 //! - **Ready on `session.created`.** The server sends it as soon as the socket opens. Our
 //!   `session.update` went out before any audio on the same socket, and the server handles

@@ -38,7 +38,7 @@
 //! driver replaces the connection and from then on feeds only the new connection's events),
 //! rebuilds the codec chains if the rates differ, drops the stale outbound audio (a `clear` to
 //! the caller), tells a native caller with `provider.switched` (an OpenAI Realtime caller with
-//! `voxroute.provider_switched`; Twilio has no event channel),
+//! `voxroute.provider_switched`; carriers and Deepgram callers have no event channel),
 //! and counts the failover in the record. Caller audio is recorded all along in a ring of the
 //! last [`REPLAY_MS`] (allocated once); while the new provider connects, caller audio only
 //! goes into the ring, and when it is `Ready` the whole ring is replayed to it, oldest first,
