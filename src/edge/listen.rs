@@ -137,16 +137,10 @@ pub(super) async fn listen(
 
 /// The route `model` names, if it names a configured route or provider; else the default.
 fn model_target(router: &Router, model: Option<&str>) -> RouteTarget {
-    let Some(model) = model.filter(|m| !m.is_empty()) else {
-        return RouteTarget::Default;
-    };
-    [
-        RouteTarget::Route(model.to_owned()),
-        RouteTarget::Provider(model.to_owned()),
-    ]
-    .into_iter()
-    .find(|target| router.resolve(target).is_ok())
-    .unwrap_or_default()
+    model
+        .filter(|m| !m.is_empty())
+        .and_then(|model| router.target_for_model(model))
+        .unwrap_or_default()
 }
 
 /// The refusal of a target that is unknown, or whose route holds a provider that cannot

@@ -17,13 +17,15 @@
 //!   `endpointing`, `tag`, ...) is accepted and ignored here; the edge reads `model` for the
 //!   route.
 //! - **Audio**: binary frames of raw audio in the declared encoding, 1 byte to
-//!   [`MAX_AUDIO_MESSAGE_MS`] of audio each (whole samples for `linear16`). The session core
+//!   [`MAX_AUDIO_MESSAGE_MS`] of audio each. Deepgram reads audio as a byte stream, so a
+//!   `linear16` message may end inside a sample: its odd byte is kept and completed by the next
+//!   message's first byte ([`ListenAudio`]), so no audio is lost or shifted. The session core
 //!   cuts a frame into pieces of at most [`PIECE_MS`] ([`ListenCodec::piece_bytes`]) and its
 //!   ingress chain re-frames them to 20 ms at the provider's rate. An empty frame is refused
 //!   (Deepgram documents that it can close the stream; here it is only skipped and counted).
 //! - **Control** (JSON text): `{"type":"KeepAlive"}`, `{"type":"Finalize"}` (an optional
-//!   `channel` is allowed; the session passes it on as a provider flush, which only
-//!   Deepgram has), `{"type":"CloseStream"}`. A text frame that is not a JSON object
+//!   `channel` is allowed; the session passes it on as a provider flush, which only the
+//!   Deepgram adapter acts on), `{"type":"CloseStream"}`. A text frame that is not a JSON object
 //!   with a string `type`, or longer than [`MAX_TEXT_FRAME`](super::MAX_TEXT_FRAME), cannot be understood: Deepgram
 //!   closes the stream with `DATA-0000` for it, and so does voxroute
 //!   ([`ListenCodec::ends_stream`]). A well-formed message of a type this codec does not know
@@ -232,8 +234,20 @@ pub struct ListenCodec {
     audio_bytes: u64,
     /// Where the last final result's span ended, in milliseconds of audio.
     final_until_ms: u64,
+    /// `linear16`: the first byte of a sample the last message ended inside.
+    carry: Option<u8>,
     /// The last outbound message; reused.
     out: String,
+}
+
+/// The whole samples of one audio message (see [`ListenCodec::decode_binary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAudio<'a> {
+    /// A `linear16` sample that began in the previous message and ends in this one.
+    pub joined: Option<[u8; 2]>,
+    /// The message's other whole samples, borrowed from it (a trailing odd byte is kept for
+    /// the next message).
+    pub body: &'a [u8],
 }
 
 impl fmt::Debug for ListenCodec {
@@ -254,6 +268,7 @@ impl ListenCodec {
             audio_sha256: Sha256::new(),
             audio_bytes: 0,
             final_until_ms: 0,
+            carry: None,
             out: String::with_capacity(OUT_CAPACITY),
         }
     }
@@ -298,12 +313,13 @@ impl ListenCodec {
         }
     }
 
-    /// Checks one binary frame (audio) and counts it for `Metadata`.
+    /// Checks one binary frame (audio), counts it for `Metadata` and returns its whole
+    /// samples: a `linear16` sample split across two messages comes out whole with the second.
     ///
     /// # Errors
     /// [`ProtocolError::PayloadSize`] when empty or longer than [`MAX_AUDIO_MESSAGE_MS`] of
     /// audio (skippable; nothing is counted).
-    pub fn decode_binary<'a>(&mut self, frame: &'a [u8]) -> Result<&'a [u8], ProtocolError> {
+    pub fn decode_binary<'a>(&mut self, frame: &'a [u8]) -> Result<ListenAudio<'a>, ProtocolError> {
         let max = bytes_in_ms(self.options.format, MAX_AUDIO_MESSAGE_MS);
         if frame.is_empty() || frame.len() > max {
             return Err(ProtocolError::PayloadSize {
@@ -313,7 +329,21 @@ impl ListenCodec {
         }
         self.audio_sha256.update(frame);
         self.audio_bytes += frame.len() as u64;
-        Ok(frame)
+        let mut body = frame;
+        let mut joined = None;
+        if let (Some(first), Some((second, rest))) = (self.carry, body.split_first()) {
+            joined = Some([first, *second]);
+            self.carry = None;
+            body = rest;
+        }
+        if self.options.format.codec == Codec::Pcm16
+            && body.len() % 2 == 1
+            && let Some((last, whole)) = body.split_last()
+        {
+            self.carry = Some(*last);
+            body = whole;
+        }
+        Ok(ListenAudio { joined, body })
     }
 
     /// Whether a transcript of this finality is sent (interim ones only with
@@ -572,7 +602,8 @@ mod tests {
             codec.decode_binary(&[0; 16_002]),
             Err(ProtocolError::PayloadSize { len: 16_002, .. })
         ));
-        assert_eq!(codec.decode_binary(&[0; 16_000]).unwrap().len(), 16_000);
+        let audio = codec.decode_binary(&[0; 16_000]).unwrap();
+        assert_eq!((audio.joined, audio.body.len()), (None, 16_000));
         let id = Uuid::now_v7();
         let metadata: Value = serde_json::from_str(codec.encode_metadata(id)).unwrap();
         assert_eq!(metadata["type"], "Metadata");
@@ -589,6 +620,23 @@ mod tests {
             chrono::DateTime::parse_from_rfc3339(created).is_ok(),
             "{created}"
         );
+    }
+
+    /// `linear16` split inside a sample loses nothing: the odd byte waits for the next
+    /// message, whose first byte completes the sample.
+    #[test]
+    fn linear16_split_inside_a_sample_is_joined() {
+        let mut codec = codec(false);
+        let audio = codec.decode_binary(&[1, 2, 3]).unwrap();
+        assert_eq!((audio.joined, audio.body), (None, &[1, 2][..]));
+        let audio = codec.decode_binary(&[4]).unwrap();
+        assert_eq!((audio.joined, audio.body), (Some([3, 4]), &[][..]));
+        let audio = codec.decode_binary(&[5]).unwrap();
+        assert_eq!((audio.joined, audio.body), (None, &[][..]));
+        let audio = codec.decode_binary(&[6, 7, 8, 9]).unwrap();
+        assert_eq!((audio.joined, audio.body), (Some([5, 6]), &[7, 8][..]));
+        let audio = codec.decode_binary(&[10]).unwrap();
+        assert_eq!((audio.joined, audio.body), (Some([9, 10]), &[][..]));
     }
 
     /// `Results` has the fields the SDK requires; spans run from the last final to now.

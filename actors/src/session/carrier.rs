@@ -99,6 +99,17 @@ impl Reorder {
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.jitter.deadline()
     }
+
+    /// How many payloads are held.
+    pub(super) fn held(&self) -> usize {
+        self.jitter.len()
+    }
+
+    /// Payloads dropped so far because they came too late or twice.
+    pub(super) fn dropped(&self) -> u64 {
+        let stats = self.jitter.stats();
+        stats.late + stats.duplicates
+    }
 }
 
 /// A carrier frame as the driver sends it.

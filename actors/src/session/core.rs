@@ -34,7 +34,8 @@ pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const MAX_CONSECUTIVE_BAD_FRAMES: u32 = 50;
 
 /// Caller payloads held while the key is checked (Twilio sends media right behind `start`):
-/// 25 payloads is 500 ms of 20 ms frames. More are dropped and counted.
+/// 25 payloads is 500 ms of 20 ms frames (2.5 s of a Deepgram caller's 100 ms pieces). More
+/// are dropped and counted.
 const MAX_PENDING_PAYLOADS: usize = 25;
 
 /// Native `error` events sent per session for bad frames; later ones are only counted, so a
@@ -177,7 +178,8 @@ pub struct Admission {
 /// What the caller presented, for the driver to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
-    /// The key from inside the protocol (Twilio custom parameter, native `start`), if any.
+    /// The key from inside the protocol (a carrier's custom parameters, native `start`), if
+    /// any; `None` for OpenAI Realtime and Deepgram callers (their key comes with the upgrade).
     /// The driver may also hold one from the HTTP upgrade.
     pub api_key: Option<String>,
     /// The provider or route asked for.
@@ -242,7 +244,8 @@ pub struct SessionOutcome {
     pub first_response_ms: Option<i64>,
     /// Caller frames refused as bad input (skipped).
     pub bad_frames: u64,
-    /// Caller payloads dropped because they came too early or too fast to hold.
+    /// Caller payloads dropped because they came too early or too fast to hold, or (a
+    /// carrier that reorders) too late or twice.
     pub dropped_payloads: u64,
     /// Lost caller packets ([`ClientProtocol::WebRtc`]) rebuilt by FEC or concealed by PLC,
     /// so the provider's stream had no gap.
@@ -348,6 +351,9 @@ pub struct SessionCore {
     frames_in: u64,
     frames_out: u64,
     bad_frames: u64,
+    /// [`ClientProtocol::Listen`]: `CloseStream` came while the key was being checked; the
+    /// stream finishes once the audio held for admission has gone to the provider.
+    close_stream_when_admitted: bool,
     consecutive_bad_frames: u32,
     error_events_sent: u32,
     dropped_payloads: u64,
@@ -438,6 +444,7 @@ impl SessionCore {
             frames_in: 0,
             frames_out: 0,
             bad_frames: 0,
+            close_stream_when_admitted: false,
             consecutive_bad_frames: 0,
             error_events_sent: 0,
             dropped_payloads: 0,
@@ -601,8 +608,8 @@ impl SessionCore {
                     self.good_frame();
                     self.last_audio_at = now;
                 }
-                // Deepgram gets its own `Finalize`; other providers have no way to force a
-                // final result and ignore it (see the README's limits).
+                // Deepgram gets its own `Finalize`; the other adapters send nothing for it
+                // (see the README's limits).
                 Ok(ListenInbound::Finalize) => {
                     self.good_frame();
                     if matches!(&self.phase, Phase::Live(live) if !live.awaiting_ready && live.closing_until.is_none())
@@ -731,7 +738,11 @@ impl SessionCore {
     }
 
     /// `CloseStream`: the provider finishes (its last transcripts still go out as `Results`),
-    /// then `Metadata` and the end. Before admission there is nothing to finish.
+    /// then `Metadata` and the end. A provider still connecting (a failover, a resumption)
+    /// first gets the audio held for it: `Finish` follows the replay (see
+    /// [`replay_burst`](Self::replay_burst)). During admission the audio held for it is sent
+    /// first (see [`on_admitted`](Self::on_admitted)); before a start there is nothing to
+    /// finish.
     fn on_close_stream(&mut self, now: Instant) {
         match &mut self.phase {
             Phase::Live(live) => {
@@ -739,10 +750,13 @@ impl SessionCore {
                     return;
                 }
                 live.closing_until = Some(now + CLOSE_STREAM_FLUSH_TIMEOUT);
-                self.outputs
-                    .push_back(Output::ToProvider(ProviderCommand::Finish));
+                if !live.awaiting_ready {
+                    self.outputs
+                        .push_back(Output::ToProvider(ProviderCommand::Finish));
+                }
             }
-            _ => self.finish_stream(now),
+            Phase::Authorizing { .. } => self.close_stream_when_admitted = true,
+            Phase::AwaitingStart | Phase::Ended => self.finish_stream(now),
         }
     }
 
@@ -773,12 +787,15 @@ impl SessionCore {
                 return self.on_carrier_frame(now, CarrierFrame::Binary(bytes));
             }
             Protocol::Listen(codec) => match codec.decode_binary(bytes) {
-                Ok(_) => {
+                Ok(audio) => {
                     // Any length up to the codec's limit: the ingress chain takes it in
                     // pieces and re-frames it to 20 ms.
                     let piece_bytes = codec.piece_bytes();
                     self.good_frame();
-                    for piece in bytes.chunks(piece_bytes) {
+                    if let Some(sample) = audio.joined {
+                        self.on_audio(now, &sample);
+                    }
+                    for piece in audio.body.chunks(piece_bytes) {
                         self.on_audio(now, piece);
                     }
                     return;
@@ -800,7 +817,7 @@ impl SessionCore {
         }
     }
 
-    /// One frame from a carrier other than Twilio: decoded by its codec; sequenced audio is
+    /// One frame from a carrier (Twilio included): decoded by its codec; sequenced audio is
     /// reordered, other audio handled at once.
     fn on_carrier_frame(&mut self, now: Instant, frame: CarrierFrame<'_>) {
         let Protocol::Carrier(link) = &mut self.protocol else {
@@ -849,8 +866,17 @@ impl SessionCore {
                 self.on_dtmf(digit);
             }
             Ok(CarrierInbound::Stop) => {
-                // What is still held behind a hole goes out before the end.
-                if let Some(at) = link.reorder.deadline() {
+                // Everything still held goes out before the end, each hole as a lost frame.
+                // Every round releases at least one held payload; the bound is a safeguard.
+                let mut rounds = link.reorder.held() + 1;
+                while rounds > 0 {
+                    rounds -= 1;
+                    let Protocol::Carrier(link) = &self.protocol else {
+                        break;
+                    };
+                    let Some(at) = link.reorder.deadline() else {
+                        break;
+                    };
                     self.drain_carrier_audio(at.max(now));
                 }
                 self.end(now, SessionCloseReason::ClientHangup);
@@ -984,6 +1010,9 @@ impl SessionCore {
         self.last_audio_at = now;
         for payload in pending {
             self.on_audio(now, &payload);
+        }
+        if self.close_stream_when_admitted {
+            self.on_close_stream(now);
         }
     }
 
@@ -1181,6 +1210,11 @@ impl SessionCore {
             tracing::debug!(provider = %live.provider.name, "replay done");
             live.awaiting_ready = false;
             live.replay_next_at = None;
+            if let Some(until) = &mut live.closing_until {
+                // `CloseStream` came while this provider connected: it has all the audio now.
+                *until = now + CLOSE_STREAM_FLUSH_TIMEOUT;
+                outputs.push_back(Output::ToProvider(ProviderCommand::Finish));
+            }
         } else {
             live.replay_next_at = Some(now + REPLAY_BURST_INTERVAL);
         }
@@ -1261,8 +1295,9 @@ impl SessionCore {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
-        if live.awaiting_ready {
+        if live.awaiting_ready || live.closing_until.is_some() {
             // Already switching (a failover or another resumption): that connection will do.
+            // Or the stream is finishing (`CloseStream`): the connection closes anyway.
             return;
         }
         live.provider = live.provider.resumed(resumption_handle);
@@ -1467,6 +1502,9 @@ impl SessionCore {
             let text = codec.encode_session_ended(reason);
             self.outputs
                 .push_back(Output::ToClientText(text.to_owned()));
+        }
+        if let Protocol::Carrier(link) = &self.protocol {
+            self.dropped_payloads += link.reorder.dropped();
         }
         self.outputs.push_back(Output::Close(SessionOutcome {
             reason,

@@ -222,7 +222,8 @@ fn bad_frames_are_skipped_or_end_the_stream() {
     core.handle_input(t0, Input::ClientText(r#"{"type":"Configure"}"#));
     core.handle_input(t0, Input::ClientBinary(&[]));
     core.handle_input(t0, Input::ClientBinary(&[0; 8_002]));
-    // Odd-length PCM16: refused by the ingress chain.
+    // Odd-length PCM16 is not bad input: Deepgram reads a byte stream (the odd byte waits
+    // for the next message).
     core.handle_input(t0, Input::ClientBinary(&[0; 3]));
     let (outputs, _) = drain(&mut core);
     assert!(
@@ -239,7 +240,7 @@ fn bad_frames_are_skipped_or_end_the_stream() {
         panic!("expected the end, got {outputs:?}");
     };
     assert_eq!(outcome.reason, SessionCloseReason::ClientError);
-    assert_eq!(outcome.bad_frames, 5);
+    assert_eq!(outcome.bad_frames, 4);
 }
 
 /// `CloseStream` before admission ends at once, without `Metadata` (there is no session yet).
@@ -329,5 +330,114 @@ fn openai_transcribes_without_answering() {
         spec("echo", ProviderKind::Echo)
             .for_transcription()
             .is_none()
+    );
+}
+
+/// `CloseStream` while the next provider connects (a failover): `Finish` waits until that
+/// provider has had the audio held for it, so the held audio is transcribed too; a Gemini
+/// `goAway` while finishing opens no new connection.
+#[test]
+fn close_stream_during_failover_finishes_after_the_replay() {
+    let t0 = Instant::now();
+    let gemini = spec(
+        "gemini",
+        ProviderKind::Gemini(Box::new(GeminiSettings::new(None))),
+    );
+    let (mut core, _) = admitted(t0, false, deepgram(), vec![gemini]);
+    core.handle_input(t0, Input::ClientBinary(&[0; 1_600]));
+    assert_eq!(audio_frames(&drain(&mut core).0), 5);
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: true }));
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.as_slice(), [Output::StartProvider(next)] if next.name == "gemini"),
+        "{outputs:?}"
+    );
+    core.handle_input(t0, Input::ClientText(r#"{"type":"CloseStream"}"#));
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        outputs.is_empty(),
+        "no Finish to a provider still connecting: {outputs:?}"
+    );
+
+    core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
+    let (outputs, _) = drain(&mut core);
+    assert_eq!(audio_frames(&outputs), 5, "the replay: {outputs:?}");
+    assert!(
+        matches!(
+            outputs.last(),
+            Some(Output::ToProvider(ProviderCommand::Finish))
+        ),
+        "Finish after the replay: {outputs:?}"
+    );
+
+    core.handle_input(
+        t0,
+        Input::Provider(ProviderEvent::GoAway {
+            resumption_handle: Some("h".into()),
+        }),
+    );
+    assert!(
+        drain(&mut core).0.is_empty(),
+        "no resumption while finishing"
+    );
+    core.handle_input(t0, Input::Provider(ProviderEvent::Closed { error: false }));
+    let (outputs, _) = drain(&mut core);
+    let texts = texts(&outputs);
+    assert_eq!(texts.last().unwrap()["type"], "Metadata", "{texts:?}");
+    assert!(
+        matches!(outputs.last(), Some(Output::Close(o)) if o.reason == SessionCloseReason::ClientHangup),
+        "{outputs:?}"
+    );
+}
+
+/// `CloseStream` while the key is checked: once admitted, the audio held for admission goes
+/// to the provider, then `Finish`; nothing is discarded.
+#[test]
+fn close_stream_during_admission_sends_the_held_audio_first() {
+    let t0 = Instant::now();
+    let format = AudioFormat::pcm16_mono(SampleRate::HZ_8000);
+    let mut core = SessionCore::new(
+        ClientProtocol::Listen(ListenOptions {
+            format,
+            interim_results: false,
+        }),
+        SessionConfig::default(),
+        t0,
+    );
+    core.handle_input(
+        t0,
+        Input::ClientStart(AuthorizeRequest {
+            api_key: None,
+            target: RouteTarget::Provider("deepgram".into()),
+            format,
+        }),
+    );
+    drain(&mut core);
+    core.handle_input(t0, Input::ClientBinary(&[0; 1_600]));
+    core.handle_input(t0, Input::ClientText(r#"{"type":"CloseStream"}"#));
+    assert!(
+        drain(&mut core).0.is_empty(),
+        "nothing ends before admission"
+    );
+    core.handle_input(
+        t0,
+        Input::Admitted(Admission {
+            session_id: SESSION_ID,
+            provider: deepgram(),
+            fallbacks: Vec::new(),
+        }),
+    );
+    let (outputs, _) = drain(&mut core);
+    assert!(
+        matches!(outputs.first(), Some(Output::StartProvider(_))),
+        "{outputs:?}"
+    );
+    assert_eq!(audio_frames(&outputs), 5, "the held audio: {outputs:?}");
+    assert!(
+        matches!(
+            outputs.last(),
+            Some(Output::ToProvider(ProviderCommand::Finish))
+        ),
+        "then Finish: {outputs:?}"
     );
 }
