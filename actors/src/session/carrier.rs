@@ -225,6 +225,29 @@ mod tests {
         assert_eq!((outcome.audio_in_ms, outcome.concealed_frames), (100, 1));
     }
 
+    /// A Telnyx `stop` with payloads held behind two holes: everything held reaches the
+    /// provider before the end, each hole as a silent frame; a payload that came twice is
+    /// counted as dropped.
+    #[test]
+    fn telnyx_stop_flushes_everything_held() {
+        let t0 = Instant::now();
+        let start = r#"{"event":"start","sequence_number":"1","stream_id":"s","start":{"custom_parameters":{"api_key":"vxr_secret","provider":"echo"},"media_format":{"encoding":"L16","sample_rate":8000,"channels":1}}}"#;
+        let mut core = admitted(ClientProtocol::Telnyx, start, t0);
+        for (chunk, value) in [(1, 100), (1, 100), (3, 300), (5, 500)] {
+            core.handle_input(t0, Input::ClientText(&telnyx_media(chunk, value)));
+        }
+        let (out, _) = outputs(&mut core);
+        assert_eq!(provider_frames(&out), [100]);
+        core.handle_input(t0, Input::ClientText(r#"{"event":"stop"}"#));
+        let (out, _) = outputs(&mut core);
+        assert_eq!(provider_frames(&out), [0, 300, 0, 500]);
+        let Some(Output::Close(outcome)) = out.last() else {
+            panic!("expected a close, got {out:?}");
+        };
+        assert_eq!(outcome.concealed_frames, 2);
+        assert_eq!(outcome.dropped_payloads, 1, "the duplicate");
+    }
+
     /// Through the core, Vonage reply audio leaves in exact 20 ms binary frames, a barge-in
     /// sends the `clear` action, and a binary frame of the wrong size is counted and skipped.
     #[test]
