@@ -12,7 +12,8 @@
 //!   receiving `Results` (now Gemini's transcription of the caller) before its audio is over,
 //!   and the stream ends cleanly; the record shows the failover;
 //! - routed to OpenAI Realtime, the SDK gets the caller's words (the stand-in's transcription
-//!   of each whole second it received) and none of the model's;
+//!   of all the audio it received, the last part committed at `CloseStream`) and none of the
+//!   model's;
 //! - `Finalize` reaches Deepgram: the audio so far comes back final before the stream ends;
 //! - bad input gets a clear answer: bad query values, a provider that cannot transcribe and an
 //!   unknown route are refused with `400` before the upgrade (Deepgram's `dg-error` header and
@@ -181,8 +182,9 @@ async fn deepgram_sdk_streams_through_voxroute() {
 }
 
 /// Routed to OpenAI Realtime, the SDK gets the caller's words as `Results`: the stand-in's
-/// transcription of each whole second of audio it received, and none of the model's own
-/// (voxroute asks OpenAI for input transcription and no answers).
+/// transcription of each whole second of audio it received, then of the rest (committed at
+/// `CloseStream`), and none of the model's own (voxroute asks OpenAI for input transcription
+/// and no answers).
 #[tokio::test]
 async fn openai_transcribes_for_the_sdk() {
     let (addr, stats) = standin_with(Knobs::default()).await;
@@ -202,15 +204,13 @@ async fn openai_transcribes_for_the_sdk() {
         .filter(|r| r["is_final"] == true)
         .map(|r| r["transcript"].as_str().unwrap())
         .collect();
-    // OpenAI transcribes whole seconds only: no flush of the last part.
-    let mut clock = TranscriptClock::new(OPENAI_RATE_HZ, false);
-    let expected: Vec<String> = clock
-        .advance(received_ms * u64::from(OPENAI_RATE_HZ) / 1_000)
-        .into_iter()
-        .map(|t| t.text)
-        .collect();
-    assert!(!expected.is_empty());
-    assert_eq!(finals, expected, "report: {report}");
+    // Whole seconds as they come, then the rest: `CloseStream` commits it, and voxroute
+    // waits for its transcript before closing.
+    assert_eq!(
+        finals,
+        expected_finals(received_ms, OPENAI_RATE_HZ),
+        "report: {report}"
+    );
     assert!(results.iter().all(|r| r["model"] == "openai"), "{report}");
     assert!(report["metadata"].is_object(), "{report}");
     assert_eq!(report["close_code"], 1000, "{report}");

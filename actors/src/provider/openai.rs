@@ -24,7 +24,10 @@
 //!   itself (server VAD), so there is no `commit`. An empty frame sends nothing.
 //!   [`ProviderCommand::Dtmf`] is dropped: a WebSocket client has no place for key presses
 //!   (`input_audio_buffer.dtmf_event_received` is a SIP server event). [`ProviderCommand::Finish`]
-//!   closes the socket with 1000, which is how a Realtime conversation ends.
+//!   closes the socket with 1000, which is how a Realtime conversation ends; a
+//!   transcription-only session ([`OpenAiSettings::reply`] off, `/v1/listen`) first commits
+//!   the audio not yet committed and closes once that item's transcript came (or the commit
+//!   was refused as empty), so the caller's last words are transcribed too.
 //!
 //! | server event | becomes |
 //! |---|---|
@@ -125,6 +128,9 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = wire::MAX_ERROR_MESSAGE_BYTES;
 const APPEND_PREFIX: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
 /// The text an `input_audio_buffer.append` ends with, after the base64 audio.
 const APPEND_SUFFIX: &str = r#""}"#;
+/// The commit a transcription-only session finishes with (see [`FinalCommit`]).
+const FINAL_COMMIT: &str =
+    r#"{"type":"input_audio_buffer.commit","event_id":"voxroute_final_commit"}"#;
 /// PCM bytes of one 20 ms frame at 24 kHz: the kept buffer's starting size.
 const FRAME_BYTES: usize = INPUT_SAMPLE_RATE_HZ as usize / 50 * 2;
 
@@ -199,6 +205,23 @@ pub struct OpenAiAdapter {
     transcript: String,
     /// The `item_id` the words in [`transcript`](Self::transcript) belong to.
     transcript_item: String,
+    /// A transcription-only session finishing (see [`FinalCommit`]).
+    final_commit: FinalCommit,
+}
+
+/// How a transcription-only session ([`OpenAiSettings::reply`] off) finishes: on
+/// [`ProviderCommand::Finish`] it commits the audio its voice detection has not committed
+/// yet, and closes once that item's transcript has come (or the commit was refused: nothing
+/// was left). The provider actor's finish timeout bounds the wait.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum FinalCommit {
+    /// Not finishing (or finishing by closing at once).
+    #[default]
+    None,
+    /// The commit is sent; its `input_audio_buffer.committed` names the item to wait for.
+    Sent,
+    /// The transcript of this item is the last one.
+    Awaiting(String),
 }
 
 impl OpenAiAdapter {
@@ -210,6 +233,7 @@ impl OpenAiAdapter {
             pcm: Base64Pcm16::with_capacity(FRAME_BYTES),
             transcript: String::new(),
             transcript_item: String::new(),
+            final_commit: FinalCommit::None,
         }
     }
 
@@ -269,6 +293,16 @@ impl OpenAiAdapter {
     }
 
     /// The model's transcript of an output item is done: a final transcript.
+    /// Closes the connection if `event` ends the transcription of the final commit's item.
+    fn close_if_last(&mut self, event: &Envelope<'_>, out: &mut AdapterOutput) {
+        if let FinalCommit::Awaiting(item) = &self.final_commit
+            && event.item_id.get() == Some(item.as_str())
+        {
+            self.final_commit = FinalCommit::None;
+            out.close(CLOSE_NORMAL, "");
+        }
+    }
+
     fn transcript_done(&mut self, event: &Envelope<'_>, out: &mut AdapterOutput) {
         let same_item = event.item_id.get().unwrap_or("") == self.transcript_item;
         let text = match event.transcript.get() {
@@ -330,6 +364,10 @@ impl ProviderAdapter for OpenAiAdapter {
             }
             // A Realtime WebSocket client has no event for key presses.
             ProviderCommand::Dtmf { .. } | ProviderCommand::Flush => {}
+            ProviderCommand::Finish if !self.settings.reply && self.ready => {
+                out.send(WsFrame::Text(FINAL_COMMIT.to_owned()));
+                self.final_commit = FinalCommit::Sent;
+            }
             ProviderCommand::Finish => out.close(CLOSE_NORMAL, ""),
         }
     }
@@ -371,16 +409,24 @@ impl ProviderAdapter for OpenAiAdapter {
             "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
                 self.transcript_done(&event, out);
             }
+            "input_audio_buffer.committed" if self.final_commit == FinalCommit::Sent => {
+                let item = event.item_id.get().unwrap_or("").to_owned();
+                self.final_commit = FinalCommit::Awaiting(item);
+            }
             "conversation.item.input_audio_transcription.completed" => {
                 emit_final_or_ignore(event.transcript.get().unwrap_or("").to_owned(), out);
+                self.close_if_last(&event, out);
             }
             "conversation.item.input_audio_transcription.failed" => {
+                self.close_if_last(&event, out);
                 let ErrorDetails { message, .. } = ErrorDetails::parse(text);
                 return Err(ProviderError::Provider {
                     message: format!("caller transcription failed: {message}"),
                     fatal: false,
                 });
             }
+            // The final commit refused: no audio was left to transcribe.
+            "error" if self.final_commit == FinalCommit::Sent => out.close(CLOSE_NORMAL, ""),
             "input_audio_buffer.speech_started" => out.emit(ProviderEvent::SpeechStarted),
             "input_audio_buffer.speech_stopped" => out.emit(ProviderEvent::SpeechStopped),
             "response.done" => out.emit(ProviderEvent::ReplyDone),
@@ -613,6 +659,58 @@ mod tests {
                 .is_none()
         );
         assert_eq!(update["session"]["audio"]["output"]["voice"], "cedar");
+    }
+
+    /// A transcription-only session finishes by committing what is left and closes once
+    /// that item's transcript came; an earlier item's transcript does not close it, and a
+    /// refused (empty) commit closes at once.
+    #[test]
+    fn transcription_only_finish_commits_then_closes() {
+        let settings = || OpenAiSettings {
+            reply: false,
+            ..OpenAiSettings::default()
+        };
+        let mut adapter = opened(OpenAiAdapter::new(settings()), SESSION_CREATED);
+        let mut out = AdapterOutput::new();
+        adapter.encode(ProviderCommand::Finish, &mut out);
+        assert_eq!(
+            sent_json(&out),
+            vec![json!({"type": "input_audio_buffer.commit", "event_id": "voxroute_final_commit"})]
+        );
+        assert!(out.close_request().is_none());
+        out.clear();
+        for (event, closes) in [
+            (
+                r#"{"type":"input_audio_buffer.committed","item_id":"item_9"}"#,
+                false,
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"item_8","transcript":"before"}"#,
+                false,
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"item_9","transcript":"last words"}"#,
+                true,
+            ),
+        ] {
+            adapter.decode(WsFrameRef::Text(event), &mut out).unwrap();
+            assert_eq!(close_code(&out).is_some(), closes, "{event}");
+        }
+        assert_eq!(
+            out.events().last(),
+            Some(&ProviderEvent::Transcript {
+                text: "last words".into(),
+                is_final: true
+            })
+        );
+
+        let mut adapter = opened(OpenAiAdapter::new(settings()), SESSION_CREATED);
+        let mut out = AdapterOutput::new();
+        adapter.encode(ProviderCommand::Finish, &mut out);
+        out.clear();
+        let refused = r#"{"type":"error","error":{"type":"invalid_request_error","code":"input_audio_buffer_commit_empty","message":"buffer too small","event_id":"voxroute_final_commit"}}"#;
+        adapter.decode(WsFrameRef::Text(refused), &mut out).unwrap();
+        assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
     }
 
     /// A transcription-only session (`reply: false`) asks the server not to answer turns.

@@ -28,7 +28,8 @@
 //!   `conversation.item.input_audio_transcription.completed` with transcript
 //!   `"audio S.S-E.Es"` and `usage {type: duration, seconds: 1.0}` (always, whether or not
 //!   the session asked for transcription).
-//! - `input_audio_buffer.commit` (error `input_audio_buffer_commit_empty` under 100 ms),
+//! - `input_audio_buffer.commit` (error `input_audio_buffer_commit_empty` under 100 ms; else
+//!   `committed`, then the transcript of the audio since the last whole second),
 //!   `input_audio_buffer.clear` (→ `cleared`), `response.cancel` (→ `response.done` status
 //!   `cancelled`, or error `response_cancel_not_active`), `response.create` (→ an empty
 //!   `response.created` + `response.done`, or error `conversation_already_has_active_response`),
@@ -478,7 +479,18 @@ impl OpenAiSession {
                         client_event,
                     );
                 } else {
+                    let item_id = self.input_item.clone();
                     self.commit_buffer(out);
+                    // The committed item is transcribed now: the words since the last
+                    // whole-second transcript.
+                    if let Some(transcript) = self.clock.flush() {
+                        self.send(
+                            out,
+                            json!({"type": "conversation.item.input_audio_transcription.completed",
+                            "item_id": item_id, "content_index": 0, "transcript": transcript.text,
+                            "usage": {"type": "duration", "seconds": transcript.duration_secs()}}),
+                        );
+                    }
                 }
             }
             "input_audio_buffer.clear" => {
