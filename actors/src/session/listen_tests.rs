@@ -360,15 +360,7 @@ fn close_stream_during_failover_finishes_after_the_replay() {
     );
 
     core.handle_input(t0, Input::Provider(ProviderEvent::Ready));
-    let (outputs, _) = drain(&mut core);
-    assert_eq!(audio_frames(&outputs), 5, "the replay: {outputs:?}");
-    assert!(
-        matches!(
-            outputs.last(),
-            Some(Output::ToProvider(ProviderCommand::Finish))
-        ),
-        "Finish after the replay: {outputs:?}"
-    );
+    assert_audio_then_finish(&drain(&mut core).0, 5);
 
     core.handle_input(
         t0,
@@ -432,12 +424,17 @@ fn close_stream_during_admission_sends_the_held_audio_first() {
         matches!(outputs.first(), Some(Output::StartProvider(_))),
         "{outputs:?}"
     );
-    assert_eq!(audio_frames(&outputs), 5, "the held audio: {outputs:?}");
+    assert_audio_then_finish(&outputs, 5);
+}
+
+/// `outputs` send `frames` audio frames to the provider, then `Finish`.
+fn assert_audio_then_finish(outputs: &[Output], frames: usize) {
+    assert_eq!(audio_frames(outputs), frames, "{outputs:?}");
     assert!(
         matches!(
             outputs.last(),
             Some(Output::ToProvider(ProviderCommand::Finish))
         ),
-        "then Finish: {outputs:?}"
+        "Finish after the audio: {outputs:?}"
     );
 }
