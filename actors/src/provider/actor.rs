@@ -120,6 +120,13 @@ pub const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// larger is a protocol error, not audio.
 pub const PROVIDER_MAX_MESSAGE_BYTES: usize = 8 << 20;
 
+/// The provider socket's read buffer, and the most one read asks of the kernel. tungstenite
+/// zero-fills the free part of this buffer before every read, so its 128 KiB default cost
+/// 13–18% of the router's CPU under load (a 128 KiB memset per provider message) and 128 KiB
+/// of memory per session (`docs/performance.md` §4.2). A provider message is 0.3–8 KiB (one
+/// 20 ms frame, raw or base64 in JSON); a larger one grows the buffer to its size.
+pub const PROVIDER_READ_BUFFER_BYTES: usize = 8 << 10;
+
 /// Longest close reason a WebSocket close frame can carry, in bytes.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
 
@@ -727,7 +734,9 @@ async fn connect(request: ConnectRequest) -> Result<WsStream, ProviderError> {
         })?;
         http.headers_mut().insert(name, value);
     }
-    let config = WebSocketConfig::default().max_message_size(Some(PROVIDER_MAX_MESSAGE_BYTES));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(PROVIDER_MAX_MESSAGE_BYTES))
+        .read_buffer_size(PROVIDER_READ_BUFFER_BYTES);
     match tokio_tungstenite::connect_async_with_config(http, Some(config), true).await {
         Ok((socket, _response)) => Ok(socket),
         Err(WsError::Http(response)) => {
