@@ -128,6 +128,8 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = wire::MAX_ERROR_MESSAGE_BYTES;
 const APPEND_PREFIX: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
 /// The text an `input_audio_buffer.append` ends with, after the base64 audio.
 const APPEND_SUFFIX: &str = r#""}"#;
+/// The `event_id` of [`FINAL_COMMIT`]: an error that echoes it refused the commit.
+const FINAL_COMMIT_EVENT_ID: &str = "voxroute_final_commit";
 /// The commit a transcription-only session finishes with (see [`FinalCommit`]).
 const FINAL_COMMIT: &str =
     r#"{"type":"input_audio_buffer.commit","event_id":"voxroute_final_commit"}"#;
@@ -292,7 +294,6 @@ impl OpenAiAdapter {
         }
     }
 
-    /// The model's transcript of an output item is done: a final transcript.
     /// Closes the connection if `event` ends the transcription of the final commit's item.
     fn close_if_last(&mut self, event: &Envelope<'_>, out: &mut AdapterOutput) {
         if let FinalCommit::Awaiting(item) = &self.final_commit
@@ -303,6 +304,7 @@ impl OpenAiAdapter {
         }
     }
 
+    /// The model's transcript of an output item is done: a final transcript.
     fn transcript_done(&mut self, event: &Envelope<'_>, out: &mut AdapterOutput) {
         let same_item = event.item_id.get().unwrap_or("") == self.transcript_item;
         let text = match event.transcript.get() {
@@ -425,8 +427,14 @@ impl ProviderAdapter for OpenAiAdapter {
                     fatal: false,
                 });
             }
-            // The final commit refused: no audio was left to transcribe.
-            "error" if self.final_commit == FinalCommit::Sent => out.close(CLOSE_NORMAL, ""),
+            // The final commit refused: no audio was left to transcribe. Any other error
+            // is reported as usual.
+            "error"
+                if self.final_commit == FinalCommit::Sent
+                    && error_answers(text, FINAL_COMMIT_EVENT_ID) =>
+            {
+                out.close(CLOSE_NORMAL, "")
+            }
             "input_audio_buffer.speech_started" => out.emit(ProviderEvent::SpeechStarted),
             "input_audio_buffer.speech_stopped" => out.emit(ProviderEvent::SpeechStopped),
             "response.done" => out.emit(ProviderEvent::ReplyDone),
@@ -494,6 +502,14 @@ struct ErrorBody<'a> {
     /// The client event that failed, if one did.
     #[serde(borrow, default)]
     event_id: LenientStr<'a>,
+}
+
+/// Whether the `error` event `text` answers the client event `event_id`.
+fn error_answers(text: &str, event_id: &str) -> bool {
+    serde_json::from_str::<ErrorEvent<'_>>(text)
+        .ok()
+        .and_then(|event| event.error)
+        .is_some_and(|body| body.event_id.get() == Some(event_id))
 }
 
 /// An OpenAI error, ready to become a [`ProviderError`].
@@ -675,7 +691,7 @@ mod tests {
         adapter.encode(ProviderCommand::Finish, &mut out);
         assert_eq!(
             sent_json(&out),
-            vec![json!({"type": "input_audio_buffer.commit", "event_id": "voxroute_final_commit"})]
+            vec![json!({"type": "input_audio_buffer.commit", "event_id": FINAL_COMMIT_EVENT_ID})]
         );
         assert!(out.close_request().is_none());
         out.clear();
@@ -711,6 +727,15 @@ mod tests {
         let refused = r#"{"type":"error","error":{"type":"invalid_request_error","code":"input_audio_buffer_commit_empty","message":"buffer too small","event_id":"voxroute_final_commit"}}"#;
         adapter.decode(WsFrameRef::Text(refused), &mut out).unwrap();
         assert_eq!(close_code(&out), Some(CLOSE_NORMAL));
+
+        // An error about something else is not the commit's refusal: reported, no close.
+        let mut adapter = opened(OpenAiAdapter::new(settings()), SESSION_CREATED);
+        let mut out = AdapterOutput::new();
+        adapter.encode(ProviderCommand::Finish, &mut out);
+        out.clear();
+        let other = r#"{"type":"error","error":{"type":"server_error","code":"server_error","message":"overloaded"}}"#;
+        assert!(adapter.decode(WsFrameRef::Text(other), &mut out).is_err());
+        assert!(out.close_request().is_none());
     }
 
     /// A transcription-only session (`reply: false`) asks the server not to answer turns.
