@@ -279,9 +279,14 @@ impl EgressChain {
         self.client
     }
 
-    /// Algorithmic delay of the chain (the resampler's), in milliseconds.
+    /// Algorithmic delay of the chain, in milliseconds: the resampler's, plus the Opus
+    /// encoder's lookahead when the client speaks Opus (decoding adds none).
     pub fn delay_ms(&self) -> f64 {
-        self.resampler.delay_ms()
+        let codec_ms = match &self.encoder {
+            Encoder::Opus(encoder) => encoder.lookahead_ms(),
+            Encoder::Pcm16(_) | Encoder::G711(_) => 0.0,
+        };
+        self.resampler.delay_ms() + codec_ms
     }
 
     /// Resamples and encodes one 20 ms frame at the provider rate. The bytes are valid until

@@ -31,6 +31,21 @@ pub const MAX_PACKET_BYTES: usize = 1_500;
 /// Samples in one 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = OPUS_SAMPLE_RATE.samples_per_frame();
 
+/// One 20 ms packet of digital silence, as an [`OpusEncoder`] with the default
+/// [`OpusEncoderConfig`] codes it, made once per process: what a sender puts on the wire when it has
+/// nothing to say and must keep the receiver's clock running (comfort silence). Every
+/// caller of this gets the same bytes, so a receiver in this process can recognise them.
+pub fn silence_packet() -> &'static [u8] {
+    static SILENCE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    SILENCE.get_or_init(|| {
+        OpusEncoder::new(OpusEncoderConfig::default())
+            .and_then(|mut encoder| encoder.encode(&[0; FRAME_SAMPLES]).map(<[u8]>::to_vec))
+            // The Opus "no audio" TOC byte (CELT 20 ms, zero-length frame) decodes as
+            // silence; libopus failing to encode zeros with its default settings would be a bug.
+            .unwrap_or_else(|_| vec![0xf8])
+    })
+}
+
 /// Decodes one stream of Opus packets to 48 kHz mono PCM16.
 pub struct OpusDecoder {
     decoder: opus::Decoder,
@@ -150,6 +165,8 @@ pub const DEFAULT_COMPLEXITY: i32 = 5;
 pub struct OpusEncoder {
     encoder: opus::Encoder,
     packet: Box<[u8]>,
+    /// libopus's lookahead at these settings, in 48 kHz samples.
+    lookahead_samples: usize,
 }
 
 impl std::fmt::Debug for OpusEncoder {
@@ -175,10 +192,24 @@ impl OpusEncoder {
         encoder.set_packet_loss_perc(config.expected_loss_percent)?;
         encoder.set_signal(opus::Signal::Voice)?;
         encoder.set_max_bandwidth(bandwidth_for(config.max_audio_hz))?;
+        // libopus reports a small non-negative count; a negative one would be its bug.
+        let lookahead_samples = usize::try_from(encoder.get_lookahead()?).unwrap_or(0);
         Ok(OpusEncoder {
             encoder,
             packet: vec![0; MAX_PACKET_BYTES].into_boxed_slice(),
+            lookahead_samples,
         })
+    }
+
+    /// The encoder's algorithmic delay (libopus's lookahead), in 48 kHz samples: decoded
+    /// audio comes out this much later than it went in.
+    pub fn lookahead_samples(&self) -> usize {
+        self.lookahead_samples
+    }
+
+    /// The same delay in milliseconds.
+    pub fn lookahead_ms(&self) -> f64 {
+        self.lookahead_samples as f64 * 1_000.0 / f64::from(OPUS_SAMPLE_RATE.hz())
     }
 
     /// Encodes exactly one 20 ms frame; the packet is valid until the next call.

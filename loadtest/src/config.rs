@@ -26,6 +26,10 @@ pub enum Transport {
     Twilio,
     /// voxroute's native protocol on `/v1/ws`: binary PCM16 8 kHz frames.
     Native,
+    /// WebRTC with `POST /v1/webrtc`: Opus 48 kHz both ways over SRTP
+    /// ([`crate::webrtc`]).
+    #[serde(rename = "webrtc")]
+    WebRtc,
 }
 
 impl Transport {
@@ -34,14 +38,16 @@ impl Transport {
         match self {
             Transport::Twilio => "/v1/telephony/twilio",
             Transport::Native => "/v1/ws",
+            Transport::WebRtc => "/v1/webrtc",
         }
     }
 
-    /// `twilio` or `native`.
+    /// `twilio`, `native` or `webrtc`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Twilio => "twilio",
             Transport::Native => "native",
+            Transport::WebRtc => "webrtc",
         }
     }
 }
@@ -54,6 +60,16 @@ pub enum Target {
     Provider(String),
     /// A configured route by name (`route` parameter).
     Route(String),
+}
+
+impl Target {
+    /// The query parameter (or start-message field) that asks for it, and its value.
+    pub fn query_pair(&self) -> (&'static str, &str) {
+        match self {
+            Target::Provider(name) => ("provider", name.as_str()),
+            Target::Route(name) => ("route", name.as_str()),
+        }
+    }
 }
 
 /// One run: N sessions against a running router, ramped, held for a fixed time.

@@ -20,24 +20,29 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use voxroute_codecs::SampleRate;
 use voxroute_codecs::g711::G711Law;
+use voxroute_codecs::opus::{MAX_PACKET_SAMPLES, OpusDecoder};
+use voxroute_codecs::{Channels, CodecError, SampleRate};
 
 use crate::config::{LoadConfig, LoadError, Target, Transport};
 use crate::measure::{ProcSample, dsp_cost};
-use crate::provider::{Provider, RunState, SessionShared, lock};
+use crate::provider::{PROVIDER_SAMPLE_RATE, Provider, RunState, SessionShared, lock};
 use crate::report::{
     FrameCounts, Latencies, LoadGeneratorUsage, Report, ReportConfig, RouterUsage, SCHEMA,
     SessionCounts,
 };
 use crate::signal::{
     CALLER_FRAME_SAMPLES, CallerSignal, PREAMBLE_FRAMES, Speech, decode_symbol, expected_symbol,
+};
+use crate::webrtc::{
+    FRAME_SAMPLES_48K, RtpIn, WebRtcLink, is_comfort_silence, return_shift_samples,
 };
 
 /// How long a caller's WebSocket upgrade may take.
@@ -318,7 +323,11 @@ async fn endpoint_url(config: &LoadConfig) -> Result<String, LoadError> {
     } else {
         path
     };
-    Ok(format!("ws://{authority}{path}"))
+    let scheme = match config.transport {
+        Transport::WebRtc => "http",
+        Transport::Twilio | Transport::Native => "ws",
+    };
+    Ok(format!("{scheme}://{authority}{path}"))
 }
 
 /// What every caller of a run shares.
@@ -355,6 +364,8 @@ struct Receiver {
     transport: Transport,
     /// Samples received and not yet a whole frame.
     pending: Vec<i16>,
+    /// WebRTC only: the way back's Opus decoding and marker alignment.
+    opus: Option<OpusReturn>,
     /// Frames received so far: the position of the next one.
     received: u64,
     marker_checks: u64,
@@ -366,7 +377,75 @@ struct Receiver {
     closed: bool,
 }
 
+/// A WebRTC caller's way back: each RTP packet is one frame (its arrival is the frame's),
+/// but the echo sits [`return_shift_samples`] later in the decoded stream, where its marker is
+/// read (see [`crate::webrtc`]).
+struct OpusReturn {
+    decoder: OpusDecoder,
+    /// One packet decoded.
+    decoded: Vec<i16>,
+    /// Decoded 48 kHz audio from the start of frame `checked` on.
+    history: Vec<i16>,
+    /// Frames whose marker position has been read.
+    checked: u64,
+    /// How far the echo sits into the decoded stream, in samples.
+    shift_samples: usize,
+}
+
+impl OpusReturn {
+    fn new(provider_rate: SampleRate) -> Result<OpusReturn, CodecError> {
+        Ok(OpusReturn {
+            decoder: OpusDecoder::new(Channels::Mono)?,
+            decoded: vec![0; MAX_PACKET_SAMPLES],
+            history: Vec::new(),
+            checked: 0,
+            shift_samples: return_shift_samples(provider_rate)?,
+        })
+    }
+}
+
+/// What a caller's link brought.
+enum Inbound {
+    /// A WebSocket message.
+    Message(Message),
+    /// One RTP payload (WebRTC) and its arrival.
+    Rtp { payload: Bytes, at: Instant },
+    /// The connection is gone.
+    Closed,
+}
+
 impl Receiver {
+    /// Takes what the link brought.
+    fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(message) => self.on_message(message),
+            Inbound::Rtp { payload, at } => self.on_rtp(&payload, at),
+            Inbound::Closed => self.closed = true,
+        }
+    }
+
+    /// One RTP payload: comfort silence is no frame; anything else is the next frame back.
+    fn on_rtp(&mut self, payload: &[u8], received_at: Instant) {
+        let Some(mut opus) = self.opus.take() else {
+            return;
+        };
+        if !is_comfort_silence(payload)
+            && let Ok(samples) = opus.decoder.decode(payload, &mut opus.decoded)
+        {
+            let seq = self.received;
+            self.received += 1;
+            opus.history.extend_from_slice(&opus.decoded[..samples]);
+            let window = opus.shift_samples..opus.shift_samples + FRAME_SAMPLES_48K;
+            while opus.history.len() >= window.end {
+                self.check_marker(opus.checked, &opus.history[window.clone()], 48_000);
+                opus.history.drain(..FRAME_SAMPLES_48K);
+                opus.checked += 1;
+            }
+            self.time_frame(seq, received_at);
+        }
+        self.opus = Some(opus);
+    }
+
     /// Takes one message from the router.
     fn on_message(&mut self, message: Message) {
         let received_at = Instant::now();
@@ -408,15 +487,30 @@ impl Receiver {
     fn on_frame(&mut self, frame: &[i16], received_at: Instant) {
         let seq = self.received;
         self.received += 1;
+        self.check_marker(seq, frame, crate::signal::CALLER_RATE_HZ);
+        self.time_frame(seq, received_at);
+    }
+
+    /// Reads the marker frame `seq` should carry, if it is a marker position.
+    fn check_marker(&mut self, seq: u64, frame: &[i16], sample_rate_hz: u32) {
         if seq >= PREAMBLE_FRAMES
             && let Some(symbol) = expected_symbol(self.session.id, seq)
         {
             self.marker_checks += 1;
-            if decode_symbol(frame, crate::signal::CALLER_RATE_HZ) != Some(symbol) {
+            if decode_symbol(frame, sample_rate_hz) != Some(symbol) {
+                tracing::debug!(
+                    session = self.session.id,
+                    seq,
+                    "marker mismatch at the caller"
+                );
                 self.marker_mismatches += 1;
                 self.aligned = false;
             }
         }
+    }
+
+    /// Frame `seq` came back at `received_at`: its latencies, while positions still match.
+    fn time_frame(&mut self, seq: u64, received_at: Instant) {
         if !self.aligned {
             return;
         }
@@ -442,6 +536,105 @@ impl Receiver {
     }
 }
 
+/// One session's connection to the router, whatever its transport.
+enum Link {
+    /// Twilio or native: one WebSocket.
+    Ws {
+        sink: SplitSink<Ws, Message>,
+        stream: SplitStream<Ws>,
+        encoder: FrameEncoder,
+    },
+    /// A peer connection.
+    WebRtc(Box<WebRtcLink>),
+}
+
+impl Link {
+    /// Opens the session (upgrade and opening messages, or the SDP exchange), noting when
+    /// it started; `None` if it cannot be opened.
+    async fn open(context: &CallerContext, session: &SessionShared) -> Option<Link> {
+        if context.transport == Transport::WebRtc {
+            let rest = context.endpoint.strip_prefix("http://")?;
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let (target_key, target_name) = context.target.query_pair();
+            let path_and_query = format!("{path}?{target_key}={target_name}");
+            lock(&session.times).upgrade_started_at = Some(Instant::now());
+            let ssrc = 0x5000_0000 | session.id;
+            return match WebRtcLink::connect(
+                authority,
+                &path_and_query,
+                context.api_key.as_deref(),
+                ssrc,
+                CONNECT_TIMEOUT,
+            )
+            .await
+            {
+                Ok(link) => Some(Link::WebRtc(Box::new(link))),
+                Err(error) => {
+                    tracing::debug!(%error, session = session.id, "WebRTC call failed");
+                    None
+                }
+            };
+        }
+        let ws = connect(context, session).await?;
+        let (mut sink, stream) = ws.split();
+        let mut encoder = FrameEncoder::new(context.transport, session.id);
+        for message in encoder.start_messages(context) {
+            sink.send(message).await.ok()?;
+        }
+        Some(Link::Ws {
+            sink,
+            stream,
+            encoder,
+        })
+    }
+
+    /// Sends frame `seq` of `signal`; false if the connection is gone.
+    async fn send_frame(&mut self, seq: u64, signal: &CallerSignal) -> bool {
+        match self {
+            Link::Ws { sink, encoder, .. } => sink
+                .send(encoder.frame(seq, signal.frame(seq)))
+                .await
+                .is_ok(),
+            Link::WebRtc(link) => link.send_frame(signal).await.is_ok(),
+        }
+    }
+
+    /// What the router sent next.
+    async fn next(&mut self) -> Inbound {
+        match self {
+            Link::Ws { stream, .. } => match stream.next().await {
+                Some(Ok(message)) => Inbound::Message(message),
+                Some(Err(_)) | None => Inbound::Closed,
+            },
+            Link::WebRtc(link) => match link.next().await {
+                RtpIn::Packet { payload, at } => Inbound::Rtp { payload, at },
+                RtpIn::Closed => Inbound::Closed,
+            },
+        }
+    }
+
+    /// Hangs up; true if the router's close is still to be waited for.
+    async fn hang_up(&mut self) -> bool {
+        match self {
+            Link::Ws { sink, encoder, .. } => {
+                let _ = sink.send(encoder.stop_message()).await;
+                true
+            }
+            // The router answers DELETE once the session is over.
+            Link::WebRtc(link) => !link.hang_up(CLOSE_TIMEOUT).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Link::Ws { mut sink, .. } => {
+                let _ = sink.close().await;
+            }
+            Link::WebRtc(link) => link.close().await,
+        }
+    }
+}
+
 /// One session, from its start instant to its hang-up.
 async fn caller(
     context: Arc<CallerContext>,
@@ -463,19 +656,26 @@ async fn caller(
         late_frames: 0,
         pacing_late_max: Duration::ZERO,
     };
-    let ws = match connect(&context, &session).await {
-        Some(ws) => ws,
-        None => {
-            outcome.failure = Some("connect");
-            return outcome;
-        }
+    let opus = match context.transport {
+        Transport::WebRtc => match OpusReturn::new(PROVIDER_SAMPLE_RATE) {
+            Ok(opus) => Some(opus),
+            Err(_) => {
+                outcome.failure = Some("codec");
+                return outcome;
+            }
+        },
+        Transport::Twilio | Transport::Native => None,
     };
-    let (mut sink, mut stream) = ws.split();
+    let Some(mut link) = Link::open(&context, &session).await else {
+        outcome.failure = Some("connect");
+        return outcome;
+    };
     let mut receiver = Receiver {
         session: Arc::clone(&session),
         run: Arc::clone(&context.run),
         transport: context.transport,
         pending: Vec::with_capacity(2 * CALLER_FRAME_SAMPLES),
+        opus,
         received: 0,
         marker_checks: 0,
         marker_mismatches: 0,
@@ -483,13 +683,7 @@ async fn caller(
         aligned: true,
         closed: false,
     };
-    let mut encoder = FrameEncoder::new(context.transport, session.id);
     let mut write_failed = false;
-    for message in encoder.start_messages(&context) {
-        if sink.send(message).await.is_err() {
-            write_failed = true;
-        }
-    }
 
     // Stream at real time until the end of the steady window.
     let mut clock = tokio::time::interval(FRAME_PERIOD);
@@ -505,17 +699,13 @@ async fn caller(
                 outcome.pacing_late_max = outcome
                     .pacing_late_max
                     .max(now.saturating_duration_since(scheduled.into_std()));
-                let message = encoder.frame(seq, signal.frame(seq));
                 lock(&session.times).caller_sent.put(seq, Instant::now());
-                if sink.send(message).await.is_err() {
+                if !link.send_frame(seq, &signal).await {
                     write_failed = true;
                 }
                 seq += 1;
             }
-            message = stream.next() => match message {
-                Some(Ok(message)) => receiver.on_message(message),
-                Some(Err(_)) | None => receiver.closed = true,
-            },
+            inbound = link.next() => receiver.on_inbound(inbound),
         }
     }
     outcome.frames_sent = seq;
@@ -525,23 +715,23 @@ async fn caller(
     if !closed_early {
         let drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while receiver.received < seq && !receiver.closed {
-            match tokio::time::timeout_at(drain_until, stream.next()).await {
-                Ok(Some(Ok(message))) => receiver.on_message(message),
-                Ok(Some(Err(_)) | None) => receiver.closed = true,
+            match tokio::time::timeout_at(drain_until, link.next()).await {
+                Ok(inbound) => receiver.on_inbound(inbound),
                 Err(_) => break,
             }
         }
     }
     // Hang up and wait for the router's close.
-    if !receiver.closed && !write_failed {
-        let _ = sink.send(encoder.stop_message()).await;
+    if !receiver.closed && !write_failed && link.hang_up().await {
         let close_until = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(close_until, stream.next()).await
-        {
-            receiver.on_message(message);
+        while !receiver.closed {
+            match tokio::time::timeout_at(close_until, link.next()).await {
+                Ok(inbound) => receiver.on_inbound(inbound),
+                Err(_) => break,
+            }
         }
     }
-    let _ = sink.close().await;
+    link.close().await;
 
     outcome.established = lock(&session.times).provider_first_frame_at.is_some();
     outcome.frames_received = receiver.received.min(seq);
@@ -596,10 +786,7 @@ impl FrameEncoder {
 
     /// What opens the session: Twilio `connected` and `start`, or the native `start`.
     fn start_messages(&mut self, context: &CallerContext) -> Vec<Message> {
-        let (target_key, target_name) = match &context.target {
-            Target::Provider(name) => ("provider", name.as_str()),
-            Target::Route(name) => ("route", name.as_str()),
-        };
+        let (target_key, target_name) = context.target.query_pair();
         match self.transport {
             Transport::Twilio => {
                 let mut parameters = serde_json::Map::new();
@@ -629,7 +816,8 @@ impl FrameEncoder {
                     Message::text(start.to_string()),
                 ]
             }
-            Transport::Native => {
+            // WebRTC sessions have no FrameEncoder (see `Link`).
+            Transport::Native | Transport::WebRtc => {
                 let mut start = json!({"type": "start", "codec": "pcm16", "sample_rate": 8000});
                 start[target_key] = target_name.into();
                 if let Some(key) = &context.api_key {
@@ -659,7 +847,8 @@ impl FrameEncoder {
                 );
                 Message::text(text)
             }
-            Transport::Native => {
+            // WebRTC sessions have no FrameEncoder (see `Link`).
+            Transport::Native | Transport::WebRtc => {
                 let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
                 Message::Binary(Bytes::from(bytes))
             }
@@ -684,7 +873,9 @@ impl FrameEncoder {
                     .to_string(),
                 )
             }
-            Transport::Native => Message::text(json!({"type": "stop"}).to_string()),
+            Transport::Native | Transport::WebRtc => {
+                Message::text(json!({"type": "stop"}).to_string())
+            }
         }
     }
 }

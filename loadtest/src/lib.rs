@@ -1,7 +1,7 @@
 //! # voxroute-loadtest: the load generator's library and the stand-in provider server
 //!
 //! The load generator drives N concurrent sessions against a **running** router over the
-//! Twilio protocol or the native WebSocket, each sending speech at real time in 20 ms frames,
+//! Twilio protocol, the native WebSocket or WebRTC, each sending speech at real time in 20 ms frames,
 //! and hosts the provider at the far end in the same process, so that the router's added
 //! latency is measured on one clock. [`run`] (or [`run_with_provider`]) does a whole run and
 //! returns a [`Report`]; the `voxroute-loadtest` binary parses flags and calls it.
@@ -15,6 +15,8 @@
 //!   router (read its doc for the latency method);
 //! - [`provider`]: the in-process ws-pcm provider that echoes and timestamps every frame;
 //! - [`drive`]: the callers and the run's timeline (ramp, steady window, drain, hang-up);
+//! - [`webrtc`]: the WebRTC caller (a `webrtc`-crate peer, SDP over `POST /v1/webrtc`, Opus
+//!   both ways) and how it keeps the markers on their frames through Opus's lookahead;
 //! - [`measure`]: latency histograms, the router's CPU and RSS from `/proc`, and the DSP-only
 //!   cost of the same chains measured with `voxroute-codecs`;
 //! - [`report`]: the [`Report`] (JSON schema and human summary);
@@ -40,6 +42,7 @@ pub mod provider;
 pub mod report;
 pub mod signal;
 pub mod standin;
+pub mod webrtc;
 
 pub use config::{LoadConfig, LoadError, MAX_SESSIONS, Target, Transport};
 pub use drive::{run, run_with_provider};

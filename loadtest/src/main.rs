@@ -66,6 +66,8 @@ struct Cli {
 enum TransportArg {
     Twilio,
     Native,
+    #[value(name = "webrtc")]
+    WebRtc,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -95,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let transport = match cli.transport {
         TransportArg::Twilio => Transport::Twilio,
         TransportArg::Native => Transport::Native,
+        TransportArg::WebRtc => Transport::WebRtc,
     };
     let mut config = LoadConfig::new(cli.router.clone(), transport, cli.sessions);
     config.ramp = seconds(cli.ramp_secs, "--ramp-secs")?;

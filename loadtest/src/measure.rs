@@ -6,8 +6,10 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use voxroute_codecs::opus::OpusEncoderConfig;
-use voxroute_codecs::{AudioFormat, CodecError, EgressChain, IngressChain, SampleRate};
+use voxroute_codecs::opus::{OpusEncoder, OpusEncoderConfig};
+use voxroute_codecs::{
+    AudioFormat, Channels, CodecError, EgressChain, IngressChain, SampleRate, StreamResampler,
+};
 
 use crate::config::Transport;
 use crate::signal::{CALLER_FRAME_SAMPLES, CallerSignal, Speech};
@@ -184,9 +186,11 @@ pub struct DspCost {
     pub egress_us_per_frame: f64,
     /// Both directions for one second of one session (50 frames each way), in CPU seconds.
     pub cpu_seconds_per_session_second: f64,
-    /// Algorithmic delay of the ingress chain (its resampler), in milliseconds.
+    /// Algorithmic delay of the ingress chain (its resampler; decoding adds none), in
+    /// milliseconds.
     pub ingress_delay_ms: f64,
-    /// Algorithmic delay of the egress chain, in milliseconds.
+    /// Algorithmic delay of the egress chain (its resampler, and Opus's lookahead for
+    /// WebRTC), in milliseconds.
     pub egress_delay_ms: f64,
 }
 
@@ -209,24 +213,36 @@ pub fn dsp_cost(
     let client = match transport {
         Transport::Twilio => AudioFormat::telephony_mulaw(),
         Transport::Native => AudioFormat::pcm16_mono(SampleRate::HZ_8000),
+        Transport::WebRtc => AudioFormat::opus(Channels::Mono),
     };
     let signal = CallerSignal::new(speech.clone(), 1);
     let law = voxroute_codecs::g711::G711Law::Mulaw;
+    // What a WebRTC caller sends: the signal at 48 kHz, coded by the caller's own encoder.
+    let mut opus_caller = match transport {
+        Transport::WebRtc => Some((
+            StreamResampler::new(SampleRate::HZ_8000, SampleRate::HZ_48000)?,
+            OpusEncoder::new(OpusEncoderConfig::default())?,
+            vec![0i16; voxroute_codecs::opus::FRAME_SAMPLES],
+        )),
+        Transport::Twilio | Transport::Native => None,
+    };
     // The payloads as the router receives them, prepared outside the timing.
-    let payloads: Vec<Vec<u8>> = (0..DSP_FRAMES_PER_ROUND as u64)
-        .map(|seq| {
-            let frame = signal.frame(seq);
-            match transport {
-                Transport::Twilio => {
-                    let mut codes = vec![0u8; CALLER_FRAME_SAMPLES];
-                    // Unwrap is OK because both slices are one 160-sample frame.
-                    law.encode(frame, &mut codes).expect("equal lengths");
-                    codes
-                }
-                Transport::Native => frame.iter().flat_map(|s| s.to_le_bytes()).collect(),
+    let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(DSP_FRAMES_PER_ROUND);
+    for seq in 0..DSP_FRAMES_PER_ROUND as u64 {
+        let frame = signal.frame(seq);
+        payloads.push(match (transport, &mut opus_caller) {
+            (Transport::WebRtc, Some((upsampler, encoder, pcm_48k))) => {
+                upsampler.process_frame(frame, pcm_48k)?;
+                encoder.encode(pcm_48k)?.to_vec()
             }
-        })
-        .collect();
+            (Transport::Twilio, _) => {
+                let mut codes = vec![0u8; CALLER_FRAME_SAMPLES];
+                law.encode(frame, &mut codes)?;
+                codes
+            }
+            _ => frame.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        });
+    }
     let mut ingress = IngressChain::new(client, provider_rate)?;
     let mut egress = EgressChain::new(provider_rate, client, OpusEncoderConfig::default())?;
     let mut provider_frames = Vec::with_capacity(payloads.len());
@@ -300,7 +316,7 @@ mod tests {
 
     #[test]
     fn dsp_cost_is_measured_for_both_transports() {
-        for transport in [Transport::Twilio, Transport::Native] {
+        for transport in [Transport::Twilio, Transport::Native, Transport::WebRtc] {
             let cost = dsp_cost(transport, SampleRate::HZ_16000, &Speech::synthetic()).unwrap();
             assert!(cost.ingress_us_per_frame > 0.0 && cost.egress_us_per_frame > 0.0);
             assert!(cost.cpu_seconds_per_session_second < 0.5, "{cost:?}");

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tracing::debug;
+use voxroute_codecs::SampleRate;
 
 use crate::config::LoadError;
 use crate::measure::Histogram;
@@ -114,12 +115,16 @@ impl Provider {
     }
 }
 
+/// The rate the provider asks the router for (`sample_rate_hz` of the printed configuration).
+pub const PROVIDER_SAMPLE_RATE: SampleRate = SampleRate::HZ_16000;
+
 /// The TOML that routes provider `name` to `url`, as [`Provider::router_config`].
 pub fn router_config(url: &str, name: &str, sessions: u32) -> String {
     let burst = sessions.max(100);
     format!(
-        "[providers.{name}]\nkind = \"ws-pcm\"\nurl = \"{url}\"\nsample_rate_hz = 16000\n\n\
+        "[providers.{name}]\nkind = \"ws-pcm\"\nurl = \"{url}\"\nsample_rate_hz = {}\n\n\
          [limits]\nnew_sessions_per_minute = {}\nnew_sessions_burst = {burst}\n",
+        PROVIDER_SAMPLE_RATE.hz(),
         burst.saturating_mul(60)
     )
 }
@@ -426,6 +431,7 @@ fn account(
     {
         times.marker_checks += 1;
         if decode_symbol(frame, rate_hz) != Some(symbol) {
+            debug!(session = session.id, seq, "marker mismatch at the provider");
             times.marker_mismatches += 1;
             times.provider_aligned = false;
         }

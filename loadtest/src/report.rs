@@ -233,8 +233,9 @@ impl Report {
         if let Some(dsp) = &self.dsp {
             let _ = writeln!(
                 out,
-                "resampler delay        ingress {:.2} ms  egress {:.2} ms (algorithmic: shifts \
-                 the audio inside the frames; add it to the figures above for mouth to ear)",
+                "DSP delay              ingress {:.2} ms  egress {:.2} ms (algorithmic: \
+                 resamplers and Opus lookahead; shifts the audio inside the frames; add it to \
+                 the figures above for mouth to ear)",
                 dsp.ingress_delay_ms, dsp.egress_delay_ms
             );
             let _ = writeln!(

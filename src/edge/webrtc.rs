@@ -32,7 +32,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -777,20 +777,9 @@ async fn run_link(
     let _ = pc.close().await;
 }
 
-/// One 20 ms Opus packet of digital silence, made once per process.
+/// One 20 ms Opus packet of digital silence ([`voxroute_codecs::opus::silence_packet`]).
 fn comfort_silence() -> Bytes {
-    static SILENCE: OnceLock<Bytes> = OnceLock::new();
-    SILENCE
-        .get_or_init(|| {
-            let frame = [0i16; 960];
-            voxroute_codecs::opus::OpusEncoder::new(Default::default())
-                .and_then(|mut encoder| encoder.encode(&frame).map(<[u8]>::to_vec))
-                .map(Bytes::from)
-                // The Opus "no audio" TOC byte (CELT 20 ms, zero-length frame) decodes as
-                // silence; libopus failing to encode zeros would be a bug.
-                .unwrap_or_else(|_| Bytes::from_static(&[0xf8]))
-        })
-        .clone()
+    Bytes::from_static(voxroute_codecs::opus::silence_packet())
 }
 
 /// Hang up (`DELETE`).

@@ -1,6 +1,7 @@
 //! The load generator's CI smoke run (issue #6, item 4): `voxroute_loadtest` drives a real
 //! router (a child process on a fresh SQLite database) with its provider hosted in this
-//! process, a few sessions for a few seconds over each caller protocol.
+//! process, a few sessions for a few seconds over each caller protocol (Twilio, native and
+//! WebRTC).
 //!
 //! What it proves: every session is established and every 20 ms frame comes back (zero lost,
 //! every sequence marker where it should be), the added latencies and set-up times are sane
@@ -17,23 +18,29 @@ use crate::harness::{RouterOptions, Setup, TempDir, TestDb};
 /// Sessions per transport.
 const SESSIONS: u32 = 4;
 
+/// Every caller protocol the generator speaks.
+const TRANSPORTS: [Transport; 3] = [Transport::Twilio, Transport::Native, Transport::WebRtc];
+
+/// Sessions in the whole run.
+const ALL_SESSIONS: u32 = SESSIONS * TRANSPORTS.len() as u32;
+
 /// Loose bound on any added latency's p99 (debug build, noisy machine).
 const P99_BOUND_MS: f64 = 200.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smoke_run_loses_no_frame_over_twilio_and_native() {
+async fn smoke_run_loses_no_frame_over_twilio_native_and_webrtc() {
     let provider = Provider::bind("127.0.0.1:0".parse().expect("an address"))
         .await
         .expect("the load-test provider binds");
     let options = RouterOptions {
-        config: Some(provider.router_config("loadtest", SESSIONS * 2)),
+        config: Some(provider.router_config("loadtest", ALL_SESSIONS)),
         ..RouterOptions::default()
     };
     let setup = Setup::new(TestDb::sqlite(), options).await;
     let (key_id, key) = setup.key("load", None).await;
     let reports_dir = TempDir::new();
 
-    for transport in [Transport::Twilio, Transport::Native] {
+    for transport in TRANSPORTS {
         let name = transport.as_str();
         let mut config = LoadConfig::new(setup.router.ws_url(""), transport, SESSIONS);
         config.ramp = Duration::from_millis(400);
@@ -124,7 +131,7 @@ async fn smoke_run_loses_no_frame_over_twilio_and_native() {
         assert_eq!(value["frames"]["lost"], 0);
     }
 
-    let rows = setup.ended_for_key(key_id, 2 * SESSIONS as usize).await;
+    let rows = setup.ended_for_key(key_id, ALL_SESSIONS as usize).await;
     for row in &rows {
         assert_eq!(row.provider, "loadtest", "{row:#?}");
         assert_eq!(
@@ -136,5 +143,12 @@ async fn smoke_run_loses_no_frame_over_twilio_and_native() {
     }
     let transports: Vec<&str> = rows.iter().map(|r| r.transport.as_str()).collect();
     println!("session records: {transports:?}");
-    assert_eq!(setup.all_sessions().await.len(), 2 * SESSIONS as usize);
+    assert_eq!(setup.all_sessions().await.len(), ALL_SESSIONS as usize);
+    for transport in ["telephony", "websocket", "webrtc"] {
+        assert_eq!(
+            transports.iter().filter(|t| **t == transport).count(),
+            SESSIONS as usize,
+            "{transports:?}"
+        );
+    }
 }

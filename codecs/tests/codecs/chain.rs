@@ -97,6 +97,13 @@ fn webrtc_echo_through_24k_returns_the_speech() {
     let (lag, c) = best_lag(&speech, &returned, 2 * 960);
     eprintln!("webrtc echo: correlation {c:.3}, lag {lag}");
     assert!(c > 0.8, "correlation {c:.3}");
+    // The chains' stated delays (resamplers and the way back's Opus lookahead) plus the
+    // caller's own encoder lookahead account for the whole lag.
+    let reported_ms = encoder.lookahead_ms() + ingress.delay_ms() + egress.delay_ms();
+    assert!(
+        (lag as f64 / 48.0 - reported_ms).abs() <= 0.5,
+        "lag {lag} vs {reported_ms:.2} ms"
+    );
 }
 
 /// Stereo PCM16 is down-mixed to the mean of the channels, and PCM16 at the provider's rate
