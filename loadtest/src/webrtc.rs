@@ -328,6 +328,18 @@ impl WebRtcLink {
             let _ = pc.close().await;
             return Err(WebRtcError::Peer("not connected in time".to_owned()));
         }
+        // Connected here means this side's DTLS is done; the router's may finish a moment
+        // later, and what reaches it before then is dropped (a browser loses its first
+        // 20 ms the same way). The router sends comfort silence from its first moment up:
+        // its first packet says it can take ours.
+        let mut inbound = inbound;
+        match tokio::time::timeout(timeout, inbound.recv()).await {
+            Ok(Some(RtpIn::Packet { .. })) => {}
+            Ok(Some(RtpIn::Closed) | None) | Err(_) => {
+                let _ = pc.close().await;
+                return Err(WebRtcError::Peer("no media from the router".to_owned()));
+            }
+        }
 
         let audio = CallerAudio::new()?;
         Ok(WebRtcLink {
