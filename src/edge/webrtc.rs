@@ -18,8 +18,9 @@
 //! waited for at most [`JITTER_DELAY_DEFAULT`]) into the session core, which decodes them —
 //! rebuilding a lost packet from the next one's in-band FEC, or concealing it — so the
 //! provider gets a gap-free 20 ms stream. Provider audio comes back from the core as Opus
-//! packets of 20 ms; the session's link task sends them at real time, one every
-//! 20 ms (comfort silence when there is nothing to say, so the browser's clock never stalls),
+//! packets of 20 ms; the session's link task sends each as soon as its 20 ms slot has come
+//! (at once for audio streamed at real time; a faster burst waits its turns), fills a slot
+//! whose audio is over 20 ms late with comfort silence so the browser's clock never stalls,
 //! and drops what is queued on barge-in. Events (`session.started`, `transcript`, …) go out
 //! on the `events` data channel as the native protocol's JSON, held until it opens.
 //!
@@ -97,6 +98,9 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
 /// One RTP packet of Opus carries 20 ms.
 const PACKET_DURATION: Duration = Duration::from_millis(20);
+
+/// How late provider audio may be, past its slot, before comfort silence takes the slot.
+const SILENCE_GRACE: Duration = PACKET_DURATION;
 
 /// `[webrtc]`: how callers reach the media ports.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -715,6 +719,15 @@ enum Outbound {
 
 /// The session's media sender: paces audio at real time, sends events, and closes the peer
 /// connection when the session drops its sender (after the last events went out).
+///
+/// # Pacing
+///
+/// Packets go out on a 20 ms slot clock (`next_due`): a packet that arrives when its slot has
+/// come is sent at once, so audio that the provider streams at real time leaves as it comes,
+/// with no wait for a tick; audio that comes faster (a provider's burst) waits in the queue
+/// for its slot. A slot whose audio is more than [`SILENCE_GRACE`] late gets comfort silence,
+/// so the caller's clock never stalls. A late send does not move the clock later unless it is
+/// a whole slot late, so one late packet does not delay the ones after it.
 async fn run_link(
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticSample>,
@@ -725,11 +738,15 @@ async fn run_link(
     let mut queue: VecDeque<Bytes> = VecDeque::new();
     let mut held_events: Vec<String> = Vec::new();
     let mut channel: Option<Arc<dyn DataChannel>> = None;
-    let mut ticker = tokio::time::interval(PACKET_DURATION);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence = comfort_silence();
     let mut dropped: u64 = 0;
+    let mut next_due = tokio::time::Instant::now();
     loop {
+        let wake_at = if queue.is_empty() {
+            next_due + SILENCE_GRACE
+        } else {
+            next_due
+        };
         tokio::select! {
             message = outbound.recv() => match message {
                 Some(Outbound::Audio(packet)) => {
@@ -755,16 +772,26 @@ async fn run_link(
                 }
                 None => break,
             },
-            _ = ticker.tick() => {
-                let data = queue.pop_front().unwrap_or_else(|| silence.clone());
-                let sample = Sample {
-                    data,
-                    duration: PACKET_DURATION,
-                    ..Sample::new(Instant::now())
-                };
-                // Before the connection is up there is nowhere to send: not an error.
-                let _ = track.sample_writer(ssrc, payload_type).write_sample(&sample).await;
-            }
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+        let now = tokio::time::Instant::now();
+        let due = if queue.is_empty() {
+            now >= next_due + SILENCE_GRACE
+        } else {
+            now >= next_due
+        };
+        if due {
+            let sample = Sample {
+                data: queue.pop_front().unwrap_or_else(|| silence.clone()),
+                duration: PACKET_DURATION,
+                ..Sample::new(Instant::now())
+            };
+            // Before the connection is up there is nowhere to send: not an error.
+            let _ = track
+                .sample_writer(ssrc, payload_type)
+                .write_sample(&sample)
+                .await;
+            next_due = (next_due + PACKET_DURATION).max(now);
         }
     }
     if dropped > 0 {
