@@ -33,7 +33,9 @@ use voxroute_codecs::{Channels, CodecError, SampleRate};
 
 use crate::config::{LoadConfig, LoadError, Target, Transport};
 use crate::measure::{ProcSample, dsp_cost};
-use crate::provider::{PROVIDER_SAMPLE_RATE, Provider, RunState, SessionShared, lock};
+use crate::provider::{
+    PROVIDER_SAMPLE_RATE, Provider, RunState, SessionShared, lock, websocket_config,
+};
 use crate::report::{
     FrameCounts, Latencies, LoadGeneratorUsage, Report, ReportConfig, RouterUsage, SCHEMA,
     SessionCounts,
@@ -752,7 +754,8 @@ async fn caller(
 async fn connect(context: &CallerContext, session: &SessionShared) -> Option<Ws> {
     let request = context.endpoint.as_str().into_client_request().ok()?;
     lock(&session.times).upgrade_started_at = Some(Instant::now());
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connecting =
+        tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _response))) => Some(ws),
         Ok(Err(error)) => {

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
 use voxroute_codecs::SampleRate;
 
@@ -113,6 +114,18 @@ impl Provider {
         *current = Some(run);
         Ok(RunGuard { provider: self })
     }
+}
+
+/// The read buffer of every WebSocket this crate opens or accepts (callers, the provider,
+/// the stand-in). tungstenite zero-fills the free part of its read buffer before every read,
+/// so its 128 KiB default costs a 128 KiB memset per message (the router's own provider
+/// sockets were measured at 13–18% of its CPU before the same change, `docs/performance.md`
+/// §4.2); a larger message grows the buffer to its size.
+pub const READ_BUFFER_BYTES: usize = 8 << 10;
+
+/// The WebSocket settings of every socket this crate opens or accepts.
+pub(crate) fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
 }
 
 /// The rate the provider asks the router for (`sample_rate_hz` of the printed configuration).
@@ -296,7 +309,9 @@ async fn connection(stream: TcpStream, run: Option<Arc<RunState>>) {
             .and_then(|v| v.trim().parse().ok());
         Ok(response)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+    let accepting =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()));
+    let ws = match accepting.await {
         Ok(ws) => ws,
         Err(error) => {
             debug!(%error, "provider handshake failed");

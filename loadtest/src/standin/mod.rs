@@ -641,7 +641,11 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             Err(rejection.into_response())
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(crate::provider::websocket_config()),
+    );
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
