@@ -23,8 +23,8 @@
 //!
 //! # What callers must keep
 //!
-//! Call [`WebRtcLink::send_frame`] once per 20 ms and poll [`WebRtcLink::next`] between
-//! sends; end with [`WebRtcLink::hang_up`] then [`WebRtcLink::close`].
+//! Call `WebRtcLink::send_frame` once per 20 ms and poll `WebRtcLink::next` between
+//! sends; end with `WebRtcLink::hang_up` then `WebRtcLink::close`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
